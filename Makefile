@@ -1,0 +1,61 @@
+# exo-gpu developer commands. `make test` is what CI runs (.ci/run); it installs everything it
+# needs into .venv and builds the control-plane binaries into the cache when they are missing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help install test unit integration lint bench crds cluster cluster-down demo clean
+
+help:
+	@echo "make demo          local cluster with simulated GPU nodes, workloads placed and shown"
+	@echo "make test          lint + every test tier (unit, integration, e2e); what CI runs"
+	@echo "make unit          unit tier only (no cluster)"
+	@echo "make integration   tiers that need the local control plane"
+	@echo "make lint          ruff, mypy (strict on the core), import-linter contracts"
+	@echo "make bench         benchmarks, printing their figures"
+	@echo "make crds          regenerate crds/ from the API models"
+	@echo "make cluster       start the local control plane and keep it running"
+	@echo "make cluster-down  stop it"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator tests e2e benchmarks
+	$(BIN)/mypy operator/exo/gpu
+	$(BIN)/lint-imports
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not cluster" tests
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest -q -m cluster tests e2e
+
+test: lint
+	$(BIN)/python -m pytest -q tests e2e
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_core.py
+
+crds: $(STAMP)
+	$(BIN)/exo-gpu crds --output crds
+
+cluster: $(STAMP)
+	$(BIN)/exo-gpu cluster up --workdir .cluster
+
+cluster-down: $(STAMP)
+	$(BIN)/exo-gpu cluster down --workdir .cluster
+
+demo: $(STAMP)
+	@echo "make demo arrives with the local cluster demo (issue: install and first run)."
+	@echo "Until then: 'make cluster' starts the local control plane."
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .cluster
