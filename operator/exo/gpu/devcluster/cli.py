@@ -1,0 +1,73 @@
+"""``exo-gpu cluster up|down|status|build``: the local control plane from the command line.
+
+``up`` leaves the cluster running in the background (``make cluster``) and prints its kubeconfig;
+``down`` stops it from the state file in the work folder (``make cluster-down``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .binaries import ensure_binaries, ensure_helm
+from .cluster import STATE_FILE, LocalCluster, stop_detached
+from .pytest_plugin import apply_crds
+
+_WORKDIR = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+                        default=Path(".cluster"), show_default=True,
+                        help="Folder holding the cluster's data, logs, certificates and state.")
+
+
+@click.group("cluster")
+def command() -> None:
+    """Run a local Kubernetes control plane from real binaries (no container engine)."""
+
+
+@command.command("build")
+@click.option("--helm/--no-helm", default=False, help="Also build helm.")
+def build(helm: bool) -> None:
+    """Build (or find in the cache) every control-plane binary and print their paths."""
+    binaries = ensure_binaries()
+    for name, path in vars(binaries).items():
+        click.echo(f"{name:24} {path}")
+    if helm:
+        click.echo(f"{'helm':24} {ensure_helm()}")
+
+
+@command.command("up")
+@_WORKDIR
+@click.option("--crds", type=click.Path(file_okay=False, path_type=Path), default=Path("crds"),
+              show_default=True, help="Apply every CRD YAML of this folder once ready.")
+def up(workdir: Path, crds: Path) -> None:
+    """Start the control plane in the background and print the kubeconfig path."""
+    if (workdir / STATE_FILE).exists():
+        state = json.loads((workdir / STATE_FILE).read_text())
+        click.echo(f"already running; export KUBECONFIG={state['kubeconfig']}")
+        return
+    cluster = LocalCluster(workdir=workdir, detach=True).start()
+    if crds.is_dir():
+        apply_crds(cluster, crds)
+    click.echo(f"export KUBECONFIG={cluster.kubeconfig}")
+    click.echo(f"stop it with: exo-gpu cluster down --workdir {workdir}")
+
+
+@command.command("down")
+@_WORKDIR
+def down(workdir: Path) -> None:
+    """Stop a control plane started with ``up``."""
+    pids = stop_detached(workdir)
+    click.echo(f"stopped {len(pids)} processes" if pids else "no cluster running there")
+
+
+@command.command("status")
+@_WORKDIR
+def status(workdir: Path) -> None:
+    """Print the state of a control plane started with ``up``."""
+    state_path = workdir / STATE_FILE
+    if not state_path.exists():
+        click.echo("no cluster running there")
+        sys.exit(1)
+    click.echo(state_path.read_text())

@@ -1,0 +1,111 @@
+"""Certificates and keys for the local control plane.
+
+One CA signs the API server's serving certificate and the admin's client certificate
+(``O=system:masters``); a separate RSA key pair signs service-account tokens. Everything is made
+fresh for each cluster folder, with the ``cryptography`` package, so no ``openssl`` is needed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+_VALIDITY = datetime.timedelta(days=365)
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    admin_cert: Path
+    admin_key: Path
+    sa_public: Path
+    sa_private: Path
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.TraditionalOpenSSL,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _name(common_name: str, organization: str | None = None) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    return x509.Name(attributes)
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
+             ) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+            .public_key(public_key).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + _VALIDITY))
+
+
+def make_pki(folder: Path) -> Pki:
+    """Write a CA, a serving certificate for 127.0.0.1, an admin client certificate and SA keys."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("exo-gpu-local-ca")
+    ca_cert = (_builder(ca_name, ca_name, ca_key.public_key())
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                            crl_sign=True, content_commitment=False,
+                                            key_encipherment=False, data_encipherment=False,
+                                            key_agreement=False, encipher_only=False,
+                                            decipher_only=False), critical=True)
+               .sign(ca_key, hashes.SHA256()))
+
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"), x509.DNSName("kubernetes"),
+        x509.DNSName("kubernetes.default"), x509.DNSName("kubernetes.default.svc"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+    ]
+    server_cert = (_builder(_name("kube-apiserver"), ca_name, server_key.public_key())
+                   .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                                  critical=False)
+                   .sign(ca_key, hashes.SHA256()))
+
+    admin_key = ec.generate_private_key(ec.SECP256R1())
+    admin_cert = (_builder(_name("exo-gpu-admin", "system:masters"), ca_name,
+                           admin_key.public_key())
+                  .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                                 critical=False)
+                  .sign(ca_key, hashes.SHA256()))
+
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    pki = Pki(ca_cert=folder / "ca.crt", ca_key=folder / "ca.key",
+              server_cert=folder / "apiserver.crt", server_key=folder / "apiserver.key",
+              admin_cert=folder / "admin.crt", admin_key=folder / "admin.key",
+              sa_public=folder / "sa.pub", sa_private=folder / "sa.key")
+    _write_cert(pki.ca_cert, ca_cert)
+    _write_key(pki.ca_key, ca_key)
+    _write_cert(pki.server_cert, server_cert)
+    _write_key(pki.server_key, server_key)
+    _write_cert(pki.admin_cert, admin_cert)
+    _write_key(pki.admin_key, admin_key)
+    _write_key(pki.sa_private, sa_key)
+    pki.sa_public.write_bytes(sa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return pki
