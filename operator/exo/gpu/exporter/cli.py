@@ -1,0 +1,203 @@
+"""``exo-gpu exporter``: run the node agent and its metrics server until SIGTERM.
+
+Configuration errors (an unreadable or invalid fleet file, a node missing from it, an unknown
+backend, an unusable kubeconfig) stop the command at start with the reason; everything that can go
+wrong later (backend errors, API outages) is handled by the agent without exiting. On SIGTERM or
+SIGINT the current cycle finishes, the HTTP server and API session close and the backend is shut
+down, within the pod's termination grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from .agent import AgentConfig, DeviceAgent
+from .backends import (
+    BACKEND_NAMES,
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    GuardedBackend,
+    load_backend,
+)
+from .backends.simulated import SimulatedBackend
+from .fleet import FleetError
+from .kubeapi import GPUDeviceAPI, KubeConfig
+from .metrics import ExporterMetrics
+from .server import start_server
+
+
+@click.command(name="exporter")
+@click.option(
+    "--node",
+    envvar="NODE_NAME",
+    required=True,
+    help="Kubernetes node this exporter reports for (env NODE_NAME).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKEND_NAMES),
+    default="nvml",
+    show_default=True,
+    envvar="EXO_GPU_BACKEND",
+    help="Where device data comes from.",
+)
+@click.option(
+    "--fleet",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="EXO_GPU_FLEET",
+    help="Fleet file for --backend simulated.",
+)
+@click.option(
+    "--fleet-start",
+    type=float,
+    default=None,
+    help="Epoch second the simulation started (share it between exporters).",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(0.1, 60),
+    default=2.0,
+    show_default=True,
+    help="Seconds between backend polls.",
+)
+@click.option(
+    "--call-timeout",
+    type=click.FloatRange(0.05, 60),
+    default=2.0,
+    show_default=True,
+    help="Deadline of every backend call, seconds.",
+)
+@click.option(
+    "--vanish-grace",
+    type=click.FloatRange(0),
+    default=300.0,
+    show_default=True,
+    help="Seconds a vanished device's object is kept (Ready=False) before deletion.",
+)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config).",
+)
+@click.option("--metrics-host", default="0.0.0.0", show_default=True)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=9400, show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.option(
+    "--probe",
+    is_flag=True,
+    help="Discover, read and health-check every device once, print JSON and exit (no API).",
+)
+def command(
+    node: str,
+    backend: str,
+    fleet: Path | None,
+    fleet_start: float | None,
+    poll_interval: float,
+    call_timeout: float,
+    vanish_grace: float,
+    kubeconfig: Path | None,
+    metrics_host: str,
+    metrics_port: int,
+    log_level: str,
+    probe: bool,
+) -> None:
+    """Report this node's GPUs as GPUDevice objects and Prometheus metrics."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        raw = load_backend(backend, node=node, fleet=fleet)
+    except (FleetError, BackendUnavailable, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if fleet_start is not None and isinstance(raw, SimulatedBackend):
+        raw.start = fleet_start
+    if probe:
+        guarded = GuardedBackend(raw, call_timeout)
+        try:
+            click.echo(json.dumps(probe_backend(guarded), indent=2))
+        except BackendError as exc:
+            raise click.ClickException(str(exc)) from exc
+        finally:
+            guarded.close()
+        return
+    try:
+        kube = KubeConfig.load(kubeconfig)
+    except (ValueError, OSError, KeyError) as exc:
+        raise click.ClickException(f"kubeconfig: {exc}") from exc
+    config = AgentConfig(node=node, poll_interval_s=poll_interval, vanish_grace_s=vanish_grace)
+    asyncio.run(_serve(config, GuardedBackend(raw, call_timeout), kube, metrics_host, metrics_port))
+
+
+def probe_backend(backend: Backend) -> dict[str, Any]:
+    """One discovery, read and health check of every device, as JSON-ready data.
+
+    What a person runs on a new node to see what the exporter would report (and how long each
+    call takes) before deploying it.
+    """
+    started = time.perf_counter()
+    devices = backend.discover()
+    report: dict[str, Any] = {
+        "backend": backend.name,
+        "discover_ms": round((time.perf_counter() - started) * 1000, 3),
+        "devices": [],
+    }
+    for info in devices:
+        entry: dict[str, Any] = {"identity": info.model_dump(mode="json", exclude_none=True)}
+        started = time.perf_counter()
+        try:
+            entry["sample"] = backend.read(info).model_dump(mode="json")
+        except BackendError as exc:
+            entry["read_error"] = {"reason": exc.reason, "message": str(exc)}
+        except ValidationError as exc:
+            entry["read_error"] = {"reason": "InvalidReading", "message": str(exc)}
+        entry["read_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        try:
+            health = backend.health(info)
+            entry["health"] = {
+                "healthy": health.healthy,
+                "reason": health.reason,
+                "message": health.message,
+            }
+        except BackendError as exc:
+            entry["health"] = {"healthy": False, "reason": exc.reason, "message": str(exc)}
+        report["devices"].append(entry)
+    return report
+
+
+async def _serve(
+    config: AgentConfig, backend: GuardedBackend, kube: KubeConfig, host: str, port: int
+) -> None:
+    api = GPUDeviceAPI(kube)
+    metrics = ExporterMetrics(hostname=config.node)
+    agent = DeviceAgent(config, backend, api, metrics)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.stop)
+    runner = await start_server(agent, host, port)
+    log = logging.getLogger("exo.gpu.exporter")
+    log.info(
+        "exporter for node %s: backend %s, metrics on %s:%d", config.node, backend.name, host, port
+    )
+    try:
+        await agent.run()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+        await api.close()
+        await agent.aclose()
