@@ -16,6 +16,7 @@ import click
 SUBCOMMANDS: dict[str, str] = {
     "exporter": "exo.gpu.exporter.cli:command",
     "controller": "exo.gpu.controller.cli:command",
+    "extender": "exo.gpu.extender.cli:command",
     "crds": "exo.gpu.k8s.cli:command",
     "cluster": "exo.gpu.devcluster.cli:command",
     "up": "exo.gpu.devcluster.cli:up_command",

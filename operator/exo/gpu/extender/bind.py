@@ -1,0 +1,134 @@
+"""Bind: choose the device on the chosen node, reserve it, record it on the pod, then bind.
+
+The choice and the reservation happen in one critical section of the view's lock (read, select,
+commit), so two pods racing for the last free memory of a device can never both get it. Only
+then does the API see anything, in one call: the Binding carries the device annotations
+(``gpu.exo.dev/device``, ``gpu.exo.dev/device-uuid``, ``gpu.exo.dev/reserved-memory``) and the
+API server copies a Binding's annotations onto the pod as it sets ``spec.nodeName``, so a pod is
+never bound without its device nor annotated without its node, and the pod's uid is checked as a
+precondition. If the call fails the reservation is released and the error goes back to
+kube-scheduler, which retries the pod.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from exo.gpu.k8s.view import ClusterView, Reservation
+
+from .filter import judge_node
+from .wire import (
+    ANNOTATION_DEVICE,
+    ANNOTATION_DEVICE_UUID,
+    ANNOTATION_RESERVED,
+    BindArgs,
+    PodRequest,
+    parse_pod,
+)
+
+log = logging.getLogger(__name__)
+
+
+class BindError(RuntimeError):
+    """A bind that cannot go ahead; the message is returned to kube-scheduler."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    reservation: Reservation
+    uuids: tuple[str, ...]
+
+    def annotations(self) -> dict[str, str]:
+        return {
+            ANNOTATION_DEVICE: ",".join(self.reservation.devices),
+            ANNOTATION_DEVICE_UUID: ",".join(self.uuids),
+            ANNOTATION_RESERVED: str(self.reservation.bytes_per_device),
+        }
+
+
+def reserve(view: ClusterView, pod: PodRequest, node: str, now: float) -> Decision:
+    """Pick the pod's devices on ``node`` and commit their reservation, atomically."""
+    wanted = max(pod.gpus, 1)
+    with view.lock:
+        held = view.reservations.get(pod.uid)
+        if held is not None:
+            if held.node == node:  # a retried bind: keep what was chosen
+                slots = view.node_slots(node)
+                return Decision(held, tuple(_uuid(slots.get(d), d) for d in held.devices))
+            view.release(pod.uid)
+        verdict = judge_node(view, pod, node, view.stale_before(now))
+        if len(verdict.eligible) < wanted:
+            reasons = "; ".join(verdict.reasons[:3]) or "no devices"
+            raise BindError(f"no eligible GPU left on {node} for {pod.key}: {reasons}")
+        chosen = verdict.eligible[:wanted]
+        per_device = pod.min_memory_bytes if pod.min_memory_bytes is not None else \
+            max(slot.total for slot in chosen)
+        reservation = Reservation(pod_uid=pod.uid, pod_key=pod.key, node=node,
+                                  devices=tuple(slot.name for slot in chosen),
+                                  bytes_per_device=per_device)
+        view.commit(reservation)
+        return Decision(reservation, tuple(_uuid(slot, slot.name) for slot in chosen))
+
+
+def _uuid(slot: Any, fallback: str) -> str:
+    return str(slot.uuid) if slot is not None and slot.uuid else fallback
+
+
+class Binder:
+    """The one place the extender writes to the API (a ``kubernetes`` ApiClient)."""
+
+    def __init__(self, view: ClusterView, api_client: Any) -> None:
+        from kubernetes import client
+
+        self.view = view
+        self.core = client.CoreV1Api(api_client)
+
+    def bind(self, args: BindArgs, now: float, pod: PodRequest | None = None) -> Decision:
+        """Blocking (run it in a thread): reserve, then bind with the device annotations.
+
+        ``pod`` is the request the filter already parsed for this pod; without it (the
+        extender restarted between filter and bind) the pod is read from the API first.
+        """
+        from kubernetes.client.rest import ApiException
+
+        if pod is None or pod.uid != args.pod_uid:
+            pod = self._read(args)
+        decision = reserve(self.view, pod, args.node, now)
+        try:
+            self.core.create_namespaced_pod_binding(
+                args.pod_name, args.pod_namespace, {
+                    "apiVersion": "v1", "kind": "Binding",
+                    "metadata": {"name": args.pod_name, "uid": args.pod_uid,
+                                 "annotations": decision.annotations()},
+                    "target": {"apiVersion": "v1", "kind": "Node", "name": args.node}},
+                _preload_content=False)
+        except ApiException as error:
+            self.view.release(pod.uid)
+            raise BindError(f"binding {pod.key} to {args.node}: {error.status} "
+                            f"{error.reason}") from None
+        except BaseException:
+            self.view.release(pod.uid)
+            raise
+        log.info("bound %s to %s on %s (%d bytes reserved per device)", pod.key,
+                 ",".join(decision.reservation.devices), args.node,
+                 decision.reservation.bytes_per_device)
+        return decision
+
+    def _read(self, args: BindArgs) -> PodRequest:
+        import json
+
+        from kubernetes.client.rest import ApiException
+
+        try:
+            raw = self.core.read_namespaced_pod(args.pod_name, args.pod_namespace,
+                                                _preload_content=False)
+        except ApiException as error:
+            raise BindError(f"reading pod {args.pod_namespace}/{args.pod_name}: "
+                            f"{error.status} {error.reason}") from None
+        pod = parse_pod(json.loads(raw.data))
+        if pod.uid != args.pod_uid:
+            raise BindError(f"pod {pod.key} has uid {pod.uid}, the scheduler asked to bind "
+                            f"{args.pod_uid} (the pod was recreated)")
+        return pod

@@ -1,0 +1,252 @@
+"""The extender's HTTP server (aiohttp + orjson).
+
+``POST /filter``, ``/prioritize`` and ``/bind`` speak the kube-scheduler extender protocol;
+``GET /healthz``, ``/readyz`` (ready once the view's first listing, and so the ledger, is in) and
+``/metrics``. A request that is not JSON gets HTTP 400 with ``{"Error": ...}``; a JSON request of
+the wrong shape gets the verb's own error result (filter, bind) or 400 (prioritize, which has no
+error field), and the error is counted. Nothing a client sends can crash or hang the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from exo.gpu.k8s.view import ClusterView
+
+from .bind import Binder, BindError
+from .filter import NodeVerdict, filter_nodes
+from .metrics import ExtenderMetrics
+from .prioritize import prioritize_nodes
+from .wire import (
+    PodRequest,
+    WireError,
+    binding_result,
+    error_filter_result,
+    filter_result,
+    parse_bind_args,
+    parse_filter_args,
+    priority_list,
+)
+
+log = logging.getLogger(__name__)
+
+#: Largest request body accepted. A 5,000-node NodeList with full Node objects is a few MiB.
+MAX_BODY_BYTES = 64 * 1024**2
+#: Above Go's default idle-connection timeout (90 s): kube-scheduler reuses keep-alive
+#: connections and does not retry a POST on a connection the server closed.
+KEEPALIVE_TIMEOUT_S = 120.0
+#: Verdicts kept from filter for the prioritize call that follows it, per pod.
+VERDICT_CACHE_SIZE = 256
+
+VIEW_KEY = web.AppKey("view", ClusterView)
+METRICS_KEY = web.AppKey("metrics", ExtenderMetrics)
+
+
+class NotSynced(RuntimeError):
+    """The view has not finished its first listing."""
+
+
+class _NotJSON:
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+class ExtenderServer:
+    """Handlers bound to one view, one binder and one metrics registry."""
+
+    def __init__(self, view: ClusterView, binder: Binder | None,
+                 metrics: ExtenderMetrics | None = None,
+                 ready: Callable[[], bool] = lambda: True,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.view = view
+        self.binder = binder
+        self.metrics = metrics or ExtenderMetrics()
+        self.ready = ready
+        self.clock = clock
+        self._verdicts: OrderedDict[str, tuple[int, dict[str, NodeVerdict]]] = OrderedDict()
+        #: Pods the filter parsed, by uid, so that bind needs no API read.
+        self._pods: OrderedDict[str, PodRequest] = OrderedDict()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app[VIEW_KEY] = self.view
+        app[METRICS_KEY] = self.metrics
+        app.router.add_post("/filter", self.filter)
+        app.router.add_post("/prioritize", self.prioritize)
+        app.router.add_post("/bind", self.bind)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_endpoint)
+        return app
+
+    # ------------------------------------------------------------------ verbs
+    async def _body(self, request: web.Request, verb: str) -> Any:
+        raw = await request.read()
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            self.metrics.errors.labels(verb, "bad_request").inc()
+            return _NotJSON(f"exo-gpu: request body is not JSON: {error}")
+
+    async def filter(self, request: web.Request) -> web.Response:
+        body = await self._body(request, "filter")
+        if isinstance(body, _NotJSON):
+            return _json({"Error": body.message}, 400)
+        started = time.perf_counter()
+        try:
+            self._require_synced()
+            args = parse_filter_args(body)
+            with self.view.lock:
+                outcome = filter_nodes(self.view, args.pod, args.node_names, self.clock())
+                self._remember(args.pod, outcome.verdicts)
+            result = filter_result(args, outcome.passed, outcome.failed, outcome.unresolvable)
+            self.metrics.nodes.labels("passed").inc(len(outcome.passed))
+            self.metrics.nodes.labels("failed").inc(len(outcome.failed))
+            self.metrics.nodes.labels("unresolvable").inc(len(outcome.unresolvable))
+        except NotSynced as error:
+            self.metrics.errors.labels("filter", "not_synced").inc()
+            result = error_filter_result(str(error))
+        except WireError as error:
+            self.metrics.errors.labels("filter", "bad_request").inc()
+            result = error_filter_result(f"exo-gpu: bad filter request: {error}")
+        except Exception as error:  # never let one request take the server down
+            log.exception("filter failed")
+            self.metrics.errors.labels("filter", "internal").inc()
+            result = error_filter_result(f"exo-gpu: internal error: {error}")
+        self.metrics.latency.labels("filter").observe(time.perf_counter() - started)
+        return _json(result)
+
+    async def prioritize(self, request: web.Request) -> web.Response:
+        body = await self._body(request, "prioritize")
+        if isinstance(body, _NotJSON):
+            return _json({"Error": body.message}, 400)
+        started = time.perf_counter()
+        try:
+            self._require_synced()
+            args = parse_filter_args(body)
+            key = args.pod.uid or args.pod.key
+            with self.view.lock:
+                known = self._recall(key)
+                scores = prioritize_nodes(self.view, args.pod, args.node_names, self.clock(),
+                                          known)
+            response = _json(priority_list(scores))
+        except NotSynced as error:
+            self.metrics.errors.labels("prioritize", "not_synced").inc()
+            response = _json({"Error": str(error)}, 503)
+        except WireError as error:
+            self.metrics.errors.labels("prioritize", "bad_request").inc()
+            response = _json({"Error": f"exo-gpu: bad prioritize request: {error}"}, 400)
+        except Exception as error:
+            log.exception("prioritize failed")
+            self.metrics.errors.labels("prioritize", "internal").inc()
+            response = _json({"Error": f"exo-gpu: internal error: {error}"}, 500)
+        self.metrics.latency.labels("prioritize").observe(time.perf_counter() - started)
+        return response
+
+    async def bind(self, request: web.Request) -> web.Response:
+        body = await self._body(request, "bind")
+        if isinstance(body, _NotJSON):
+            return _json({"Error": body.message}, 400)
+        started = time.perf_counter()
+        try:
+            self._require_synced()
+            args = parse_bind_args(body)
+            if self.binder is None:
+                raise BindError("this extender was started without API access: cannot bind")
+            decision = await asyncio.to_thread(self.binder.bind, args, self.clock(),
+                                               self._pods.get(args.pod_uid))
+            self.metrics.binds.labels("bound").inc()
+            result = binding_result()
+            log.debug("bound %s", decision.reservation)
+        except NotSynced as error:
+            self.metrics.errors.labels("bind", "not_synced").inc()
+            self.metrics.binds.labels("error").inc()
+            result = binding_result(str(error))
+        except WireError as error:
+            self.metrics.errors.labels("bind", "bad_request").inc()
+            self.metrics.binds.labels("error").inc()
+            result = binding_result(f"exo-gpu: bad bind request: {error}")
+        except BindError as error:
+            self.metrics.errors.labels("bind", "bind").inc()
+            self.metrics.binds.labels("error").inc()
+            result = binding_result(f"exo-gpu: {error}")
+        except Exception as error:
+            log.exception("bind failed")
+            self.metrics.errors.labels("bind", "internal").inc()
+            self.metrics.binds.labels("error").inc()
+            result = binding_result(f"exo-gpu: internal error: {error}")
+        self.metrics.latency.labels("bind").observe(time.perf_counter() - started)
+        return _json(result)
+
+    def _require_synced(self) -> None:
+        # Until the first listing is in, the ledger does not know what bound pods hold: a
+        # device would look free that is not. Refuse rather than guess; kube-scheduler retries.
+        if not self.ready():
+            raise NotSynced("exo-gpu: the extender is still reading the cluster (devices and "
+                            "bound pods); try again shortly")
+
+    # ------------------------------------------------------------------ health
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.ready():
+            return web.Response(text="ok")
+        return web.Response(text="view not synced yet", status=503)
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        self.metrics.reservations.set(len(self.view.reservations))
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # ------------------------------------------------------------------ verdict cache
+    def _remember(self, pod: PodRequest, verdicts: dict[str, NodeVerdict]) -> None:
+        key = pod.uid or pod.key
+        self._verdicts[key] = (self.view.generation, verdicts)
+        self._verdicts.move_to_end(key)
+        self._pods[key] = pod
+        self._pods.move_to_end(key)
+        while len(self._verdicts) > VERDICT_CACHE_SIZE:
+            self._verdicts.popitem(last=False)
+        while len(self._pods) > VERDICT_CACHE_SIZE:
+            self._pods.popitem(last=False)
+
+    def _recall(self, key: str) -> dict[str, NodeVerdict] | None:
+        entry = self._verdicts.get(key)
+        if entry is None or entry[0] != self.view.generation:
+            return None  # something changed since the filter: judge again
+        return entry[1]
+
+
+def ssl_context(cert_file: str | None, key_file: str | None) -> ssl.SSLContext | None:
+    if not cert_file:
+        return None
+    if not key_file:
+        raise ValueError("--tls-key: required with --tls-cert")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+async def start_site(app: web.Application, host: str, port: int,
+                     tls: ssl.SSLContext | None = None) -> web.AppRunner:
+    """Serve ``app`` on host:port; returns the runner (``await runner.cleanup()`` to stop)."""
+    runner = web.AppRunner(app, keepalive_timeout=KEEPALIVE_TIMEOUT_S, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
+    await site.start()
+    return runner

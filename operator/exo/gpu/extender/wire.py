@@ -1,0 +1,221 @@
+"""The kube-scheduler extender wire format, parsed strictly and answered exactly.
+
+Source of truth: ``k8s.io/kube-scheduler/extender/v1/types.go``. The Go structs carry no json
+tags, so every key arrives PascalCase (``Pod``, ``Nodes``, ``NodeNames``); Go decodes our replies
+case-insensitively but we answer PascalCase too. Parsing turns a request into plain data
+(``PodRequest``, ``FilterArgs``, ``BindArgs``) or raises ``WireError`` naming the field and the
+reason; nothing else in the extender looks at raw JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+GPU_RESOURCE = "gpu.exo.dev/gpu"
+ANNOTATION_MIN_MEMORY = "gpu.exo.dev/min-memory"
+ANNOTATION_VENDOR = "gpu.exo.dev/vendor"
+ANNOTATION_DEVICE = "gpu.exo.dev/device"
+ANNOTATION_DEVICE_UUID = "gpu.exo.dev/device-uuid"
+ANNOTATION_WORKLOAD = "gpu.exo.dev/workload"
+ANNOTATION_RESERVED = "gpu.exo.dev/reserved-memory"
+
+#: Most node names one request may carry. kube-scheduler sends at most its
+#: percentageOfNodesToScore share (>= 100 nodes, about 500 at 5,000 nodes); a list 100x larger
+#: is a broken or hostile client, refused before any work is done.
+MAX_NODES_PER_REQUEST = 50_000
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+
+
+class WireError(ValueError):
+    """A request the extender cannot use: ``field`` names where, the message says why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def parse_quantity(text: object, field: str) -> int:
+    """A Kubernetes quantity ('8Gi', '500M', '1e9', '1073741824') as whole bytes."""
+    if isinstance(text, bool) or not isinstance(text, str | int):
+        raise WireError(field, f"must be a quantity such as '8Gi', got {text!r}")
+    raw = str(text).strip()
+    number, factor = raw, 1
+    for suffix, scale in (*_BINARY.items(), *_DECIMAL.items()):
+        if raw.endswith(suffix):
+            number, factor = raw[: -len(suffix)], scale
+            break
+    try:
+        value = Decimal(number) * factor
+    except InvalidOperation:
+        raise WireError(field, f"not a quantity: {raw!r} (examples: '8Gi', '16G')") from None
+    if not value.is_finite() or value < 0:
+        raise WireError(field, f"must be a non-negative quantity, got {raw!r}")
+    return int(value.to_integral_value(rounding="ROUND_CEILING"))
+
+
+@dataclass(frozen=True, slots=True)
+class PodRequest:
+    """What a pod asks of the extender, read from its spec and annotations."""
+
+    namespace: str
+    name: str
+    uid: str
+    gpus: int
+    min_memory_bytes: int | None
+    vendor: str | None
+    planned_device: str | None
+    workload: str | None
+    node_name: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class FilterArgs:
+    pod: PodRequest
+    node_names: list[str]
+    #: Whether the scheduler sent full Node objects (``nodeCacheCapable: false``); the reply
+    #: must then carry ``Nodes`` too.
+    nodes: list[Mapping[str, Any]] | None
+
+
+@dataclass(frozen=True, slots=True)
+class BindArgs:
+    pod_name: str
+    pod_namespace: str
+    pod_uid: str
+    node: str
+
+
+def _object(value: Any, field: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise WireError(field, f"must be an object, got {type(value).__name__}")
+    return value
+
+
+def _string(value: Any, field: str, *, required: bool = True) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise WireError(field, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _gpu_count(containers: Any, field: str) -> int:
+    if containers is None:
+        return 0
+    if not isinstance(containers, list):
+        raise WireError(field, "must be a list of containers")
+    total = 0
+    for index, container in enumerate(containers):
+        resources = _object(container, f"{field}[{index}]").get("resources") or {}
+        resources = _object(resources, f"{field}[{index}].resources")
+        amounts = []
+        for kind in ("limits", "requests"):
+            section = _object(resources.get(kind) or {}, f"{field}[{index}].resources.{kind}")
+            if GPU_RESOURCE in section:
+                amount = parse_quantity(section[GPU_RESOURCE],
+                                        f"{field}[{index}].resources.{kind}[{GPU_RESOURCE}]")
+                amounts.append(amount)
+        total += max(amounts, default=0)
+    return total
+
+
+def parse_pod(value: Any, field: str = "Pod") -> PodRequest:
+    """Read the GPU request of a v1.Pod (JSON form)."""
+    pod = _object(value, field)
+    metadata = _object(pod.get("metadata"), f"{field}.metadata")
+    spec = _object(pod.get("spec") or {}, f"{field}.spec")
+    annotations = _object(metadata.get("annotations") or {}, f"{field}.metadata.annotations")
+    containers = _gpu_count(spec.get("containers"), f"{field}.spec.containers")
+    init = _gpu_count(spec.get("initContainers"), f"{field}.spec.initContainers")
+    min_memory = annotations.get(ANNOTATION_MIN_MEMORY)
+    vendor = annotations.get(ANNOTATION_VENDOR)
+    if vendor is not None:
+        vendor = _string(vendor, f"{field}.metadata.annotations[{ANNOTATION_VENDOR}]").lower()
+    return PodRequest(
+        namespace=_string(metadata.get("namespace") or "default", f"{field}.metadata.namespace"),
+        name=_string(metadata.get("name"), f"{field}.metadata.name"),
+        uid=_string(metadata.get("uid"), f"{field}.metadata.uid", required=False),
+        # Init containers run before the app containers, so the pod needs the larger of the two.
+        gpus=max(containers, init),
+        min_memory_bytes=None if min_memory is None else parse_quantity(
+            min_memory, f"{field}.metadata.annotations[{ANNOTATION_MIN_MEMORY}]"),
+        vendor=vendor,
+        planned_device=annotations.get(ANNOTATION_DEVICE) or None,
+        workload=annotations.get(ANNOTATION_WORKLOAD) or None,
+        node_name=spec.get("nodeName") or None,
+    )
+
+
+def parse_filter_args(body: Any) -> FilterArgs:
+    """``ExtenderArgs``: {"Pod": v1.Pod, "Nodes": v1.NodeList | null, "NodeNames": [..] | null}."""
+    args = _object(body, "ExtenderArgs")
+    pod = parse_pod(args.get("Pod"))
+    names_raw, nodes_raw = args.get("NodeNames"), args.get("Nodes")
+    nodes: list[Mapping[str, Any]] | None = None
+    if names_raw is not None:
+        if not isinstance(names_raw, list):
+            raise WireError("NodeNames", "must be a list of node names")
+        names = [_string(n, f"NodeNames[{i}]") for i, n in enumerate(names_raw)]
+    elif nodes_raw is not None:
+        items = _object(nodes_raw, "Nodes").get("items") or []
+        if not isinstance(items, list):
+            raise WireError("Nodes.items", "must be a list of nodes")
+        nodes = [_object(node, f"Nodes.items[{i}]") for i, node in enumerate(items)]
+        names = [_string(_object(node.get("metadata"), f"Nodes.items[{i}].metadata").get("name"),
+                         f"Nodes.items[{i}].metadata.name") for i, node in enumerate(nodes)]
+    else:
+        raise WireError("NodeNames", "neither NodeNames nor Nodes was sent")
+    if len(names) > MAX_NODES_PER_REQUEST:
+        raise WireError("NodeNames", f"{len(names)} nodes is above the limit of "
+                                     f"{MAX_NODES_PER_REQUEST}")
+    return FilterArgs(pod=pod, node_names=names, nodes=nodes)
+
+
+def parse_bind_args(body: Any) -> BindArgs:
+    """``ExtenderBindingArgs``: {"PodName", "PodNamespace", "PodUID", "Node"}."""
+    args = _object(body, "ExtenderBindingArgs")
+    return BindArgs(pod_name=_string(args.get("PodName"), "PodName"),
+                    pod_namespace=_string(args.get("PodNamespace"), "PodNamespace"),
+                    pod_uid=_string(args.get("PodUID"), "PodUID"),
+                    node=_string(args.get("Node"), "Node"))
+
+
+def filter_result(args: FilterArgs, passed: list[str], failed: Mapping[str, str],
+                  unresolvable: Mapping[str, str], error: str = "") -> dict[str, Any]:
+    """``ExtenderFilterResult``; with full Nodes in the request, the kept Nodes are echoed."""
+    result: dict[str, Any] = {
+        "NodeNames": passed, "FailedNodes": dict(failed),
+        "FailedAndUnresolvableNodes": dict(unresolvable), "Error": error,
+        "Nodes": None,
+    }
+    if args.nodes is not None:
+        keep = set(passed)
+        result["Nodes"] = {"items": [n for n in args.nodes
+                                     if n.get("metadata", {}).get("name") in keep]}
+    return result
+
+
+def error_filter_result(message: str) -> dict[str, Any]:
+    return {"NodeNames": None, "Nodes": None, "FailedNodes": {},
+            "FailedAndUnresolvableNodes": {}, "Error": message}
+
+
+def priority_list(scores: Mapping[str, int]) -> list[dict[str, Any]]:
+    """``HostPriorityList``: [{"Host": name, "Score": 0..10}]."""
+    return [{"Host": host, "Score": int(score)} for host, score in scores.items()]
+
+
+def binding_result(error: str = "") -> dict[str, str]:
+    return {"Error": error}
+
+
