@@ -11,9 +11,9 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from .podrunner import FAKE_NODE_LABEL
+from exo.gpu.k8s.view import GPU_RESOURCE
 
-GPU_RESOURCE = "gpu.exo.dev/gpu"
+from .podrunner import FAKE_NODE_LABEL
 
 
 def gpu_node(name: str, *, vendor: str | None = None, model: str | None = None, gpus: int = 0,

@@ -14,7 +14,7 @@ import logging
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -56,11 +56,6 @@ class NotSynced(RuntimeError):
     """The view has not finished its first listing."""
 
 
-class _NotJSON:
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
@@ -94,103 +89,82 @@ class ExtenderServer:
         return app
 
     # ------------------------------------------------------------------ verbs
-    async def _body(self, request: web.Request, verb: str) -> Any:
+    async def _serve(self, request: web.Request, verb: str,
+                     decide: Callable[[Any], Awaitable[web.Response]],
+                     error_reply: Callable[[str, int], web.Response]) -> web.Response:
+        """Decode, decide, and turn every failure into the verb's own error reply, counted.
+
+        ``error_reply(message, http_status)``: filter and bind answer 200 with their ``Error``
+        field; prioritize, whose reply has no such field, answers ``http_status``.
+        """
         raw = await request.read()
         try:
-            return orjson.loads(raw)
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as error:
             self.metrics.errors.labels(verb, "bad_request").inc()
-            return _NotJSON(f"exo-gpu: request body is not JSON: {error}")
-
-    async def filter(self, request: web.Request) -> web.Response:
-        body = await self._body(request, "filter")
-        if isinstance(body, _NotJSON):
-            return _json({"Error": body.message}, 400)
+            return _json({"Error": f"exo-gpu: request body is not JSON: {error}"}, 400)
         started = time.perf_counter()
         try:
             self._require_synced()
-            args = parse_filter_args(body)
-            with self.view.lock:
-                outcome = filter_nodes(self.view, args.pod, args.node_names, self.clock())
-                self._remember(args.pod, outcome.verdicts)
-            result = filter_result(args, outcome.passed, outcome.failed, outcome.unresolvable)
-            self.metrics.nodes.labels("passed").inc(len(outcome.passed))
-            self.metrics.nodes.labels("failed").inc(len(outcome.failed))
-            self.metrics.nodes.labels("unresolvable").inc(len(outcome.unresolvable))
+            response = await decide(body)
         except NotSynced as error:
-            self.metrics.errors.labels("filter", "not_synced").inc()
-            result = error_filter_result(str(error))
+            response = self._failed(verb, "not_synced", error_reply, str(error), 503)
         except WireError as error:
-            self.metrics.errors.labels("filter", "bad_request").inc()
-            result = error_filter_result(f"exo-gpu: bad filter request: {error}")
+            response = self._failed(verb, "bad_request", error_reply,
+                                    f"exo-gpu: bad {verb} request: {error}", 400)
+        except BindError as error:
+            response = self._failed(verb, "bind", error_reply, f"exo-gpu: {error}", 500)
         except Exception as error:  # never let one request take the server down
-            log.exception("filter failed")
-            self.metrics.errors.labels("filter", "internal").inc()
-            result = error_filter_result(f"exo-gpu: internal error: {error}")
-        self.metrics.latency.labels("filter").observe(time.perf_counter() - started)
-        return _json(result)
-
-    async def prioritize(self, request: web.Request) -> web.Response:
-        body = await self._body(request, "prioritize")
-        if isinstance(body, _NotJSON):
-            return _json({"Error": body.message}, 400)
-        started = time.perf_counter()
-        try:
-            self._require_synced()
-            args = parse_filter_args(body)
-            key = args.pod.uid or args.pod.key
-            with self.view.lock:
-                known = self._recall(key)
-                scores = prioritize_nodes(self.view, args.pod, args.node_names, self.clock(),
-                                          known)
-            response = _json(priority_list(scores))
-        except NotSynced as error:
-            self.metrics.errors.labels("prioritize", "not_synced").inc()
-            response = _json({"Error": str(error)}, 503)
-        except WireError as error:
-            self.metrics.errors.labels("prioritize", "bad_request").inc()
-            response = _json({"Error": f"exo-gpu: bad prioritize request: {error}"}, 400)
-        except Exception as error:
-            log.exception("prioritize failed")
-            self.metrics.errors.labels("prioritize", "internal").inc()
-            response = _json({"Error": f"exo-gpu: internal error: {error}"}, 500)
-        self.metrics.latency.labels("prioritize").observe(time.perf_counter() - started)
+            log.exception("%s failed", verb)
+            response = self._failed(verb, "internal", error_reply,
+                                    f"exo-gpu: internal error: {error}", 500)
+        self.metrics.latency.labels(verb).observe(time.perf_counter() - started)
         return response
 
+    def _failed(self, verb: str, reason: str, error_reply: Callable[[str, int], web.Response],
+                message: str, status: int) -> web.Response:
+        self.metrics.errors.labels(verb, reason).inc()
+        if verb == "bind":
+            self.metrics.binds.labels("error").inc()
+        return error_reply(message, status)
+
+    async def filter(self, request: web.Request) -> web.Response:
+        return await self._serve(request, "filter", self._filter,
+                                 lambda message, _: _json(error_filter_result(message)))
+
+    async def prioritize(self, request: web.Request) -> web.Response:
+        return await self._serve(request, "prioritize", self._prioritize,
+                                 lambda message, status: _json({"Error": message}, status))
+
     async def bind(self, request: web.Request) -> web.Response:
-        body = await self._body(request, "bind")
-        if isinstance(body, _NotJSON):
-            return _json({"Error": body.message}, 400)
-        started = time.perf_counter()
-        try:
-            self._require_synced()
-            args = parse_bind_args(body)
-            if self.binder is None:
-                raise BindError("this extender was started without API access: cannot bind")
-            decision = await asyncio.to_thread(self.binder.bind, args, self.clock(),
-                                               self._pods.get(args.pod_uid))
-            self.metrics.binds.labels("bound").inc()
-            result = binding_result()
-            log.debug("bound %s", decision.reservation)
-        except NotSynced as error:
-            self.metrics.errors.labels("bind", "not_synced").inc()
-            self.metrics.binds.labels("error").inc()
-            result = binding_result(str(error))
-        except WireError as error:
-            self.metrics.errors.labels("bind", "bad_request").inc()
-            self.metrics.binds.labels("error").inc()
-            result = binding_result(f"exo-gpu: bad bind request: {error}")
-        except BindError as error:
-            self.metrics.errors.labels("bind", "bind").inc()
-            self.metrics.binds.labels("error").inc()
-            result = binding_result(f"exo-gpu: {error}")
-        except Exception as error:
-            log.exception("bind failed")
-            self.metrics.errors.labels("bind", "internal").inc()
-            self.metrics.binds.labels("error").inc()
-            result = binding_result(f"exo-gpu: internal error: {error}")
-        self.metrics.latency.labels("bind").observe(time.perf_counter() - started)
-        return _json(result)
+        return await self._serve(request, "bind", self._bind,
+                                 lambda message, _: _json(binding_result(message)))
+
+    async def _filter(self, body: Any) -> web.Response:
+        args = parse_filter_args(body)
+        with self.view.lock:
+            outcome = filter_nodes(self.view, args.pod, args.node_names, self.clock())
+            self._remember(args.pod, outcome.verdicts)
+        self.metrics.nodes.labels("passed").inc(len(outcome.passed))
+        self.metrics.nodes.labels("failed").inc(len(outcome.failed))
+        self.metrics.nodes.labels("unresolvable").inc(len(outcome.unresolvable))
+        return _json(filter_result(args, outcome.passed, outcome.failed, outcome.unresolvable))
+
+    async def _prioritize(self, body: Any) -> web.Response:
+        args = parse_filter_args(body)
+        with self.view.lock:
+            known = self._recall(args.pod.uid or args.pod.key)
+            scores = prioritize_nodes(self.view, args.pod, args.node_names, self.clock(), known)
+        return _json(priority_list(scores))
+
+    async def _bind(self, body: Any) -> web.Response:
+        args = parse_bind_args(body)
+        if self.binder is None:
+            raise BindError("this extender was started without API access: cannot bind")
+        await asyncio.to_thread(self.binder.bind, args, self.clock(),
+                                self._pods.get(args.pod_uid))
+        self.metrics.binds.labels("bound").inc()
+        return _json(binding_result())
 
     def _require_synced(self) -> None:
         # Until the first listing is in, the ledger does not know what bound pods hold: a

@@ -14,13 +14,30 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-GPU_RESOURCE = "gpu.exo.dev/gpu"
-ANNOTATION_MIN_MEMORY = "gpu.exo.dev/min-memory"
-ANNOTATION_VENDOR = "gpu.exo.dev/vendor"
-ANNOTATION_DEVICE = "gpu.exo.dev/device"
-ANNOTATION_DEVICE_UUID = "gpu.exo.dev/device-uuid"
-ANNOTATION_WORKLOAD = "gpu.exo.dev/workload"
-ANNOTATION_RESERVED = "gpu.exo.dev/reserved-memory"
+from exo.gpu.k8s.view import (
+    ANNOTATION_DEVICE,
+    ANNOTATION_DEVICE_UUID,
+    ANNOTATION_MIN_MEMORY,
+    ANNOTATION_RESERVED,
+    ANNOTATION_VENDOR,
+    ANNOTATION_WORKLOAD,
+    GPU_RESOURCE,
+)
+
+__all__ = [
+    "ANNOTATION_DEVICE",
+    "ANNOTATION_DEVICE_UUID",
+    "ANNOTATION_RESERVED",
+    "GPU_RESOURCE",
+    "BindArgs",
+    "FilterArgs",
+    "PodRequest",
+    "WireError",
+    "parse_bind_args",
+    "parse_filter_args",
+    "parse_pod",
+    "parse_quantity",
+]
 
 #: Most node names one request may carry. kube-scheduler sends at most its
 #: percentageOfNodesToScore share (>= 100 nodes, about 500 at 5,000 nodes); a list 100x larger
