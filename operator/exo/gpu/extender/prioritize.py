@@ -5,7 +5,8 @@ N-th best (the weakest of those bind would choose).
 
 The device score is the core policy's (``exo.gpu.selector.score_device``: free memory, compute
 headroom, thermal penalty, in 0..1), mapped to kube-scheduler's integer extender priority 0..10 by
-``exo.gpu.selector.extender_score``. A node with no eligible device scores 0.
+``exo.gpu.selector.extender_score`` when the view refreshes the device (``Slot.priority``).
+A node with no eligible device scores 0.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from exo.gpu.k8s.view import ClusterView
-from exo.gpu.selector import extender_score
 
 from .filter import NodeVerdict, judge_node
 from .wire import PodRequest
@@ -30,6 +30,5 @@ def prioritize_nodes(view: ClusterView, pod: PodRequest, node_names: Iterable[st
         if verdict is None:
             verdict = judge_node(view, pod, node, stale_before)
         eligible = verdict.eligible
-        scores[node] = extender_score(eligible[wanted - 1].score) if len(eligible) >= wanted \
-            else 0
+        scores[node] = eligible[wanted - 1].priority if len(eligible) >= wanted else 0
     return scores

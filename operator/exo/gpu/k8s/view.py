@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from exo.gpu.clustering import GPUClusteringManager
-from exo.gpu.selector import DEFAULT_POLICY, SelectionPolicy, score_device
+from exo.gpu.selector import DEFAULT_POLICY, SelectionPolicy, extender_score, score_device
 from exo.gpu.telemetry_protocol import GPUMetrics
 
 from .models import GPUDevice, find_condition
@@ -68,6 +68,8 @@ class Slot:
     reserved: int
     free: int  # total - max(measured use, reservations), never negative
     score: float
+    #: ``score`` as kube-scheduler's integer extender priority 0..10 (``extender_score``).
+    priority: int
     sample_time: float | None
     #: A reason that holds whatever the pod asks (cordoned, not ready, no metrics, too hot).
     blocked: str | None
@@ -185,6 +187,7 @@ class ClusterView:
             reserved=reserved,
             free=free,
             score=breakdown_score,
+            priority=extender_score(breakdown_score),
             sample_time=sample.timestamp if sample else None,
             blocked=blocked,
         )
