@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,44 +46,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from exo.gpu import quantity
+from exo.gpu.errors import InvalidRequestError
 from exo.gpu.telemetry_protocol import Vendor
-
-_QUANTITY = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]i?)?\s*$")
-_FACTORS = {
-    None: 1,
-    "K": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-}
 
 
 def parse_quantity(value: Any) -> int:
-    """Bytes from an int or a Kubernetes-style quantity string (``80Gi``, ``512Mi``, ``1e9`` no)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a byte count, got a boolean")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"must not be negative, got {value}")
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"must be a finite non-negative number, got {value}")
-        return int(value)
-    if isinstance(value, str):
-        if value.strip().startswith("-"):
-            raise ValueError(f"must not be negative, got {value!r}")
-        match = _QUANTITY.match(value)
-        if match is None:
-            raise ValueError(f"not a byte quantity: {value!r} (use e.g. 24Gi, 512Mi or bytes)")
-        return int(float(match.group(1)) * _FACTORS[match.group(2)])
-    raise ValueError(f"expected a byte count or quantity, got {type(value).__name__}")
+    """Bytes from an int or a Kubernetes quantity string (``80Gi``, ``512Mi``, ``24G``)."""
+    try:
+        return quantity.parse_quantity(value, "memory")
+    except InvalidRequestError as error:
+        raise ValueError(error.reason) from None
 
 
 class _FleetModel(BaseModel):

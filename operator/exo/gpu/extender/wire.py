@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from exo.gpu import quantity
+from exo.gpu.errors import InvalidRequestError
 from exo.gpu.k8s.view import (
     ANNOTATION_DEVICE,
     ANNOTATION_DEVICE_UUID,
@@ -44,8 +45,6 @@ __all__ = [
 #: is a broken or hostile client, refused before any work is done.
 MAX_NODES_PER_REQUEST = 50_000
 
-_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
 
 
 class WireError(ValueError):
@@ -59,21 +58,10 @@ class WireError(ValueError):
 
 def parse_quantity(text: object, field: str) -> int:
     """A Kubernetes quantity ('8Gi', '500M', '1e9', '1073741824') as whole bytes."""
-    if isinstance(text, bool) or not isinstance(text, str | int):
-        raise WireError(field, f"must be a quantity such as '8Gi', got {text!r}")
-    raw = str(text).strip()
-    number, factor = raw, 1
-    for suffix, scale in (*_BINARY.items(), *_DECIMAL.items()):
-        if raw.endswith(suffix):
-            number, factor = raw[: -len(suffix)], scale
-            break
     try:
-        value = Decimal(number) * factor
-    except InvalidOperation:
-        raise WireError(field, f"not a quantity: {raw!r} (examples: '8Gi', '16G')") from None
-    if not value.is_finite() or value < 0:
-        raise WireError(field, f"must be a non-negative quantity, got {raw!r}")
-    return int(value.to_integral_value(rounding="ROUND_CEILING"))
+        return quantity.parse_quantity(text, field)
+    except InvalidRequestError as error:
+        raise WireError(field, error.reason) from None
 
 
 @dataclass(frozen=True, slots=True)
