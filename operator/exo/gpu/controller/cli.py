@@ -27,7 +27,7 @@ import click
 
 from ..k8s.models import GROUP, VERSION
 from ..k8s.view import ClusterView
-from ..k8s.workload import format_bytes
+from ..quantity import format_bytes
 from ..selector import DEFAULT_POLICY, SelectionPolicy
 from .planning import Plan
 

@@ -37,7 +37,8 @@ from exo.gpu.telemetry_protocol import GPUDeviceInfo
 
 from ..k8s.models import LABEL_NODE, LABEL_VENDOR
 from ..k8s.view import ClusterView
-from ..k8s.workload import GPUWorkload, GPUWorkloadSpec, Placement, format_bytes
+from ..k8s.workload import GPUWorkload, GPUWorkloadSpec, Placement
+from ..quantity import format_bytes
 
 PLACED = "Placed"
 UNSCHEDULABLE = "Unschedulable"

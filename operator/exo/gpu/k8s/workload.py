@@ -15,11 +15,12 @@ on its shape) and ``minMemoryBytes`` (a Kubernetes quantity, ``x-kubernetes-int-
 
 from __future__ import annotations
 
-import re
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, WithJsonSchema, field_validator
+
+from exo.gpu import quantity
+from exo.gpu.quantity import QUANTITY_PATTERN
 
 from .models import (
     CELRule,
@@ -38,59 +39,13 @@ TASK_ID_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 MAX_TASKS = 1_000_000
 MAX_TASK_IDS = 10_000
 
-#: What ``resource.Quantity`` accepts (the pattern the Kubernetes code generators emit).
-QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
-    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-_QUANTITY = re.compile(QUANTITY_PATTERN)
-_SUFFIX: dict[str, int | Decimal] = {
-    "": 1, "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
-    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}
-
 Phase = Literal["Pending", "Placed", "Running", "Succeeded", "Failed", "Unschedulable", "Invalid"]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
 
 
 def parse_quantity(value: int | str, field: str = "spec.minMemoryBytes") -> int:
-    """Bytes of a Kubernetes quantity (``8Gi``, ``500M``, ``1e9``, ``1024``), rounded up.
-
-    Raises ``ValueError`` naming ``field`` for anything else (negative values included).
-    """
-    if isinstance(value, bool):
-        raise ValueError(
-            f"{field}: must be a quantity such as 8Gi or a number of bytes, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"{field}: must not be negative, got {value}")
-        return value
-    if not isinstance(value, str) or not _QUANTITY.match(value.strip()):
-        raise ValueError(f"{field}: {value!r} is not a Kubernetes quantity (for example 8Gi, 500M)")
-    text = value.strip()
-    match = re.match(r"^([+-]?[0-9.]+)(.*)$", text)
-    assert match is not None  # the pattern above guarantees a leading number
-    number, suffix = match.groups()
-    try:
-        if suffix[:1] in ("e", "E"):
-            amount = Decimal(number + suffix)
-        else:
-            amount = Decimal(number) * Decimal(_SUFFIX[suffix])
-    except (InvalidOperation, KeyError):
-        raise ValueError(f"{field}: {value!r} is not a Kubernetes quantity") from None
-    if amount < 0:
-        raise ValueError(f"{field}: must not be negative, got {value!r}")
-    whole = int(amount.to_integral_value(rounding="ROUND_CEILING"))
-    return whole
-
-
-def format_bytes(value: int) -> str:
-    """Bytes for people: binary units with one decimal (``80.0 GiB``)."""
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if value >= size:
-            return f"{value / size:.1f} {unit}"
-    return f"{value} B"
+    """Bytes of a Kubernetes quantity, rounded up; ``ValueError`` naming ``field`` otherwise."""
+    return quantity.parse_quantity(value, field)
 
 
 # --------------------------------------------------------------------------------------------
