@@ -15,7 +15,7 @@ import click
 # name -> "module:attribute" of a click command.
 SUBCOMMANDS: dict[str, str] = {
     "exporter": "exo.gpu.exporter.cli:command",
-    "controller": "exo.gpu.controller.cli:command",
+    "controller": "exo.gpu.app:controller_command",
     "extender": "exo.gpu.extender.cli:command",
     "crds": "exo.gpu.k8s.cli:command",
     "cluster": "exo.gpu.devcluster.cli:command",

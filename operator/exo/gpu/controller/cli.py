@@ -19,7 +19,8 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -227,25 +228,56 @@ def top_command(kubeconfig: str | None, output: str, sort: str) -> None:
 @click.option("--history-size", default=8, show_default=True, type=click.IntRange(min=1),
               help="Metrics samples kept per device in the view (about 1.2 KiB each).")
 @click.option("--log-level", default="INFO", show_default=True)
-def command(kubeconfig: str | None, metrics_port: int, liveness: str, namespaces: tuple[str, ...],
-            leader_elect: bool, lease_namespace: str, lease_name: str, resync_interval: float,
-            health_interval: float, reporting_interval: float, history_size: int,
-            log_level: str) -> None:
+def command(**options: Any) -> None:
     """Run the GPUWorkload controller (kopf operator) with its cluster view and /metrics."""
+    run(ControllerOptions(**options))
+
+
+@dataclass(frozen=True)
+class ControllerOptions:
+    """The options of ``exo-gpu controller``."""
+
+    kubeconfig: str | None
+    metrics_port: int
+    liveness: str
+    namespaces: tuple[str, ...]
+    leader_elect: bool
+    lease_namespace: str
+    lease_name: str
+    resync_interval: float
+    health_interval: float
+    reporting_interval: float
+    history_size: int
+    log_level: str
+
+
+#: Something else served from the controller's process and view (the scheduler extender):
+#: called with the view, the API client and ``ready()`` (view synced and this replica the
+#: leader) once the view is synced; returns the coroutine function that stops it.
+Sidecar = Callable[[ClusterView, Any, Callable[[], bool]],
+                   Awaitable[Callable[[], Awaitable[None]]]]
+
+
+def run(options: ControllerOptions, sidecar: Sidecar | None = None) -> None:
+    """Run the controller until SIGINT/SIGTERM; with ``sidecar``, serve it from the same view."""
+    from exo.gpu.k8s.informer import Informer, freeze_long_lived
+
+    from .api import LeaseElector
     from .handlers import Controller, ControllerConfig
     from .metrics import build_registry, serve
     from .runner import LeaderSettings, make_view, run_operator
 
-    logging.basicConfig(level=log_level.upper(),
+    logging.basicConfig(level=options.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if resync_interval <= 0 or health_interval <= 0 or reporting_interval <= 0:
+    if min(options.resync_interval, options.health_interval, options.reporting_interval) <= 0:
         raise click.BadParameter("intervals must be positive")
     # kopf logs every handler run at INFO; only problems are worth a line per object.
     logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.root.level))
-    api_client = _client(kubeconfig)
-    view = make_view(SelectionPolicy(reporting_interval_seconds=reporting_interval),
-                     history_size)
+    api_client = _client(options.kubeconfig)
+    view = make_view(SelectionPolicy(reporting_interval_seconds=options.reporting_interval),
+                     options.history_size)
     current: list[Controller] = []
+    electors: list[LeaseElector] = []
 
     def phases() -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -254,22 +286,38 @@ def command(kubeconfig: str | None, metrics_port: int, liveness: str, namespaces
             counts[phase] = counts.get(phase, 0) + 1
         return counts
 
-    if metrics_port:
-        serve(build_registry(view, phases), metrics_port)
+    if options.metrics_port:
+        serve(build_registry(view, phases), options.metrics_port)
     stop = threading.Event()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_operator(
-            view, api_client=api_client, namespaces=list(namespaces) or None,
-            liveness=liveness or None, stop_flag=stop, informer=True,
-            leader=LeaderSettings(enabled=leader_elect, namespace=lease_namespace,
-                                  name=lease_name),
-            config=ControllerConfig(resync_interval=resync_interval,
-                                    health_interval=health_interval),
-            on_controller=lambda controller: current.__setitem__(slice(None), [controller]))
+        informer = Informer(view, api_client).start()
+        await asyncio.to_thread(informer.wait_synced, 120.0)
+        freeze_long_lived()
+
+        def ready() -> bool:
+            leader = not options.leader_elect or (bool(electors) and electors[-1].is_leader)
+            return informer.synced.is_set() and leader
+
+        stop_sidecar = await sidecar(view, api_client, ready) if sidecar else None
+        try:
+            await run_operator(
+                view, api_client=api_client, namespaces=list(options.namespaces) or None,
+                liveness=options.liveness or None, stop_flag=stop, informer=False,
+                leader=LeaderSettings(enabled=options.leader_elect,
+                                      namespace=options.lease_namespace,
+                                      name=options.lease_name),
+                config=ControllerConfig(resync_interval=options.resync_interval,
+                                        health_interval=options.health_interval),
+                on_controller=lambda controller: current.__setitem__(slice(None), [controller]),
+                on_elector=electors.append)
+        finally:
+            informer.stop()
+            if stop_sidecar is not None:
+                await stop_sidecar()
 
     asyncio.run(main())
 

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..clustering import GPUClusteringManager
 from ..k8s.view import ClusterView
 from ..selector import DEFAULT_POLICY, SelectionPolicy
 from .api import ControllerAPI, LeaseElector
@@ -62,10 +61,7 @@ DEFAULT_HISTORY_SIZE = 8
 def make_view(policy: SelectionPolicy | None = None,
               history_size: int = DEFAULT_HISTORY_SIZE) -> ClusterView:
     """A ``ClusterView`` whose manager keeps ``history_size`` samples per device."""
-    view = ClusterView(policy=policy or DEFAULT_POLICY)
-    view.manager = GPUClusteringManager(policy=view.policy, clock=view.clock,
-                                        history_size=history_size)
-    return view
+    return ClusterView(policy=policy or DEFAULT_POLICY, history_size=history_size)
 
 
 def settings() -> Any:
@@ -114,13 +110,16 @@ async def run_operator(
     config: ControllerConfig | None = None,
     informer: bool = False,
     on_controller: Callable[[Controller], None] | None = None,
+    on_elector: Callable[[LeaseElector], None] | None = None,
 ) -> None:
     """Run until ``stop_flag`` is set: campaign for the Lease, run kopf while holding it.
 
     ``namespaces``: watch only these (default: cluster-wide). ``liveness``: kopf's liveness
     endpoint, e.g. ``http://0.0.0.0:8080/healthz``. ``ready_flag`` is set once kopf runs as the
     leader. ``informer=True`` also feeds ``view`` from GPUDevice and Pod watches here.
-    ``on_controller`` receives the :class:`Controller` each time one starts (tests, metrics).
+    ``on_controller`` receives the :class:`Controller` each time one starts (tests, metrics);
+    ``on_elector`` the Lease elector once it campaigns (what else in the process must act only
+    as the leader, such as the scheduler extender's binds, asks it).
     """
     import kopf
 
@@ -138,6 +137,8 @@ async def run_operator(
                                lease_duration=leader.lease_duration,
                                renew_interval=leader.renew_interval,
                                renew_margin=leader.renew_margin).start()
+        if on_elector is not None:
+            on_elector(elector)
 
     def stopping() -> bool:
         return stop_flag is not None and stop_flag.is_set()

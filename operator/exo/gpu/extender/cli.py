@@ -7,7 +7,6 @@ running the extender apart (and for tests of the extender alone).
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import threading
@@ -51,15 +50,11 @@ async def serve(kubeconfig: str | None, host: str, port: int, tls_cert: str | No
 
 
 async def _freeze_after_sync(informer: Any) -> None:
-    """Move the objects of the first full listing out of the garbage collector's sight.
+    from exo.gpu.k8s.informer import freeze_long_lived
 
-    A full collection over thousands of long-lived device objects pauses the process for tens
-    of milliseconds, which lands on some scheduler request; frozen objects are never scanned.
-    """
     while not informer.synced.is_set():
         await asyncio.sleep(0.1)
-    gc.collect()
-    gc.freeze()
+    freeze_long_lived()
 
 
 @click.command("extender")
