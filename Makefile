@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install test unit integration lint bench crds cluster cluster-down demo clean
+.PHONY: help install binaries test unit integration lint bench crds cluster cluster-down demo clean
 
 help:
 	@echo "make demo          local cluster with simulated GPU nodes, workloads placed and shown"
@@ -35,14 +35,21 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not cluster" tests
 
-integration: $(STAMP)
+# Control-plane binaries and helm: reused from ~/.cache/exo-gpu, built (with progress) if missing.
+binaries: $(STAMP)
+	$(BIN)/exo-gpu cluster build --helm
+
+integration: binaries
 	$(BIN)/python -m pytest -q -m cluster tests e2e
 
-test: lint
+test: lint binaries
 	$(BIN)/python -m pytest -q tests e2e
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_extender.py
+	$(BIN)/python benchmarks/bench_exporter.py
+	$(BIN)/python benchmarks/bench_controller.py
 
 crds: $(STAMP)
 	$(BIN)/exo-gpu crds --output crds
@@ -54,8 +61,7 @@ cluster-down: $(STAMP)
 	$(BIN)/exo-gpu cluster down --workdir .cluster
 
 demo: $(STAMP)
-	@echo "make demo arrives with the local cluster demo (issue: install and first run)."
-	@echo "Until then: 'make cluster' starts the local control plane."
+	$(BIN)/exo-gpu up --workdir .demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .cluster

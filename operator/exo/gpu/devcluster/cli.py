@@ -71,3 +71,19 @@ def status(workdir: Path) -> None:
         click.echo("no cluster running there")
         sys.exit(1)
     click.echo(state_path.read_text())
+
+
+@click.command("up")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path(".demo"), show_default=True,
+              help="Folder for the demo's cluster data and component logs.")
+@click.option("--kubeconfig", default=None,
+              help="Target this existing cluster instead of starting a local one "
+                   "(no Nodes are created and its scheduler is left alone).")
+@click.option("--timeout", default=180.0, show_default=True, type=float,
+              help="Seconds to wait for devices and placements.")
+def up_command(workdir: Path, kubeconfig: str | None, timeout: float) -> None:
+    """Run the whole system on simulated GPUs and show where everything went and why."""
+    from .demo import Demo
+
+    sys.exit(Demo(workdir=workdir.resolve(), kubeconfig=kubeconfig, timeout=timeout).run())
