@@ -14,15 +14,17 @@ from typing import Any
 import pytest
 
 from exo.gpu.controller.handlers import (
+    SUMMARY_MIN_INTERVAL_S,
     Controller,
     build_pod,
     health_conditions,
     heartbeat,
     stale_state,
+    summary_needs_write,
 )
 from exo.gpu.controller.planning import parse_workload, plan
 from exo.gpu.k8s.models import GPUDevice, find_condition
-from exo.gpu.k8s.view import ClusterView
+from exo.gpu.k8s.view import ClusterView, Reservation
 from exo.gpu.selector import SelectionPolicy
 from test_controller_planning import NOW, Clock, _iso, device
 
@@ -38,6 +40,7 @@ class FakeAPI:
         self.events: list[tuple[str, str, str]] = []
         self.devices: dict[str, dict[str, Any]] = {}
         self.device_writes = 0
+        self.summaries: dict[str, list[dict[str, Any]]] = {}
         self.api_client = None
 
     def patch_workload_status(self, namespace: str, name: str, status: Mapping[str, Any],
@@ -60,6 +63,9 @@ class FakeAPI:
     def post_event(self, involved: Mapping[str, Any], type_: str, reason: str,
                    message: str) -> None:
         self.events.append((type_, reason, message))
+
+    def patch_device_status(self, name: str, status: Mapping[str, Any]) -> None:
+        self.summaries.setdefault(name, []).append(copy.deepcopy(dict(status)))
 
     def update_device_status(self, name: str,
                              compute: Callable[[dict[str, Any]], dict[str, Any] | None]
@@ -438,3 +444,50 @@ def test_workload_label_values_are_valid(name: str) -> None:
     assert len(value) <= 63
     assert re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", value)
     assert (value == name) == (len(name) <= 63)
+
+
+class TestDeviceSummaries:
+    """The controller writes each device's score and allocation, only when they move."""
+
+    def test_first_pass_writes_every_device_then_nothing_until_something_moves(
+            self, controller: Controller, view: ClusterView, api: FakeAPI, clock: Clock) -> None:
+        assert controller.publish_summaries_once() == 3
+        first = api.summaries["n1-nvidia-0"][-1]
+        assert first["allocation"] == {"podCount": 0, "memoryReservedBytes": 0, "pods": []}
+        assert 0 < first["score"] <= 1
+        clock.now += SUMMARY_MIN_INTERVAL_S + 1
+        assert controller.publish_summaries_once() == 0  # nothing moved
+
+        view.commit(Reservation("u1", "ns/train", "n1", ("n1-nvidia-0",), 40 * 2**30))
+        assert controller.publish_summaries_once() == 1
+        latest = api.summaries["n1-nvidia-0"][-1]
+        assert latest["allocation"] == {"podCount": 1, "memoryReservedBytes": 40 * 2**30,
+                                        "pods": ["ns/train"]}
+        assert latest["score"] < first["score"]  # half its memory is now promised
+
+        view.commit(Reservation("u2", "ns/eval", "n1", ("n1-nvidia-0",), 8 * 2**30))
+        assert controller.publish_summaries_once() == 0  # written less than 10 s ago
+        clock.now += SUMMARY_MIN_INTERVAL_S + 1
+        assert controller.publish_summaries_once() == 1
+        assert api.summaries["n1-nvidia-0"][-1]["allocation"]["pods"] == ["ns/eval", "ns/train"]
+
+    def test_followers_write_nothing(self, view: ClusterView, api: FakeAPI,
+                                     clock: Clock) -> None:
+        follower = Controller(view=view, api=api, clock=clock,  # type: ignore[arg-type]
+                              is_leader=lambda: False)
+        assert follower.publish_summaries_once() == 0
+        assert api.summaries == {}
+
+
+@pytest.mark.parametrize(("previous", "summary", "elapsed", "expected"), [
+    (None, {"score": 0.5, "allocation": {}}, 0, True),
+    ({"score": 0.5, "allocation": {}}, {"score": 0.54, "allocation": {}}, 60, False),
+    ({"score": 0.5, "allocation": {}}, {"score": 0.55, "allocation": {}}, 60, True),
+    ({"score": 0.5, "allocation": {}}, {"score": 0.2, "allocation": {}}, 5, False),
+    ({"score": 0.5, "allocation": {"podCount": 0}}, {"score": 0.5,
+                                                      "allocation": {"podCount": 1}}, 60, True),
+])
+def test_summary_write_rule(previous: dict[str, Any] | None, summary: dict[str, Any],
+                            elapsed: float, expected: bool) -> None:
+    before = None if previous is None else (previous, 100.0)
+    assert summary_needs_write(summary, before, 100.0 + elapsed) is expected

@@ -120,6 +120,16 @@ class ControllerAPI:
         log.warning("GPUDevice %s: gave up after %d conflicting writes", name, CONFLICT_RETRIES)
         return None
 
+    def patch_device_status(self, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch the controller's own status fields (score, allocation) of a device."""
+        try:
+            self.custom.patch_cluster_custom_object_status(
+                GROUP, VERSION, "gpudevices", name, {"status": dict(status)})
+            self.writes += 1
+        except _api_exception() as error:
+            if _status(error) != 404:  # the device went away meanwhile
+                raise
+
     # ------------------------------------------------------------------ pods
     def create_pod(self, namespace: str, body: Mapping[str, Any]) -> bool:
         """Create a pod; False when one of that name already exists (idempotent create)."""

@@ -51,6 +51,8 @@ from ..k8s.view import (
     ANNOTATION_WORKLOAD,
     GPU_RESOURCE,
     ClusterView,
+    Reservation,
+    Slot,
 )
 from ..k8s.workload import KIND, PLURAL, GPUWorkload, GPUWorkloadStatus
 from . import planning
@@ -117,6 +119,8 @@ class Controller:
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
+    #: device -> (summary written, when): score and allocation on GPUDevice status.
+    _summaries: dict[str, tuple[dict[str, Any], float]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ caches
     def _lock(self, uid: str) -> threading.Lock:
@@ -362,11 +366,41 @@ class Controller:
                                 "the exporter reports again")
         return True
 
+    def publish_summaries_once(self) -> int:
+        """Write each device's score and allocation where they moved; returns writes made."""
+        if not self.is_leader():
+            return 0
+        now = self.clock()
+        with self.view.lock:
+            held: dict[str, list[Reservation]] = {}
+            for reservation in self.view.reservations.values():
+                for name in reservation.devices:
+                    held.setdefault(name, []).append(reservation)
+            summaries = {slot.name: device_summary(slot, held.get(slot.name, []))
+                         for node in self.view.slots_by_node.values()
+                         for slot in node.values()}
+        for gone in [name for name in self._summaries if name not in summaries]:
+            del self._summaries[gone]
+        writes = 0
+        for name, summary in summaries.items():
+            previous = self._summaries.get(name)
+            if not summary_needs_write(summary, previous, now):
+                continue
+            try:
+                self.api.patch_device_status(name, summary)
+            except Exception as error:
+                log.warning("GPUDevice %s: score and allocation not written: %s", name, error)
+                continue
+            self._summaries[name] = (summary, now)
+            writes += 1
+        return writes
+
     def start_loops(self) -> None:
         self._stop.clear()
         for name, interval, work in (
                 ("resync", self.config.resync_interval, self.resync_once),
-                ("device-health", self.config.health_interval, self.check_devices_once)):
+                ("device-health", self.config.health_interval, self.check_devices_once),
+                ("device-summary", self.config.health_interval, self.publish_summaries_once)):
             thread = threading.Thread(target=self._loop, args=(interval, work),
                                       name=f"controller-{name}", daemon=True)
             thread.start()
@@ -441,6 +475,39 @@ def health_conditions(device: GPUDevice, stale: bool, now: float,
         conditions = set_condition(conditions, CONDITION_STALE, "False", "HeartbeatResumed",
                                    f"last heartbeat {age} ago", moment)
     return conditions
+
+
+#: A device's written score moves only when the live one leaves this band (or the allocation
+#: changes), and a device is written at most once per SUMMARY_MIN_INTERVAL_S: the score follows
+#: the exporter's deadbanded metrics, so this keeps the controller's writes below the exporter's.
+SCORE_DEADBAND = 0.05
+SUMMARY_MIN_INTERVAL_S = 10.0
+MAX_ALLOCATION_PODS = 1024
+
+
+def device_summary(slot: Slot, reservations: Iterable[Reservation]) -> dict[str, Any]:
+    """The controller's part of a GPUDevice status: ``score`` and ``allocation``."""
+    held = sorted(reservations, key=lambda r: r.pod_key)
+    return {
+        "score": round(slot.score, 3),
+        "allocation": {
+            "podCount": len(held),
+            "memoryReservedBytes": min(slot.total, sum(r.bytes_per_device for r in held)),
+            "pods": [r.pod_key for r in held[:MAX_ALLOCATION_PODS]],
+        },
+    }
+
+
+def summary_needs_write(summary: Mapping[str, Any],
+                        previous: tuple[Mapping[str, Any], float] | None, now: float) -> bool:
+    """Whether ``summary`` differs enough from what was last written, and not too soon."""
+    if previous is None:
+        return True
+    written, when = previous
+    if now - when < SUMMARY_MIN_INTERVAL_S:
+        return False
+    return written["allocation"] != summary["allocation"] or \
+        abs(float(written["score"]) - float(summary["score"])) >= SCORE_DEADBAND
 
 
 # --------------------------------------------------------------------------------------------
