@@ -53,19 +53,20 @@ def test_cli_writes_and_checks(tmp_path: Path) -> None:
     assert "gpu.exo.dev_gpudevices.yaml" in stale.output
 
 
-def _walk(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+def walk_schema(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every schema node with its path (``.spec.vendor``, ``.status.conditions[]``)."""
     out = [(path, node)]
-    for name, sub in node.get("properties", {}).items():
-        out += _walk(sub, f"{path}.{name}")
+    for name, sub in (node.get("properties") or {}).items():
+        out += walk_schema(sub, f"{path}.{name}")
     if isinstance(node.get("items"), dict):
-        out += _walk(node["items"], f"{path}[]")
+        out += walk_schema(node["items"], f"{path}[]")
     if isinstance(node.get("additionalProperties"), dict):
-        out += _walk(node["additionalProperties"], f"{path}{{}}")
+        out += walk_schema(node["additionalProperties"], f"{path}{{}}")
     return out
 
 
 def test_schema_is_structural() -> None:
-    for path, node in _walk(_schema()):
+    for path, node in walk_schema(_schema()):
         assert "type" in node, f"{path or '<root>'} has no type"
         for forbidden in ("$ref", "anyOf", "oneOf", "allOf", "title", "$defs"):
             assert forbidden not in node, f"{path}: {forbidden} is not structural"

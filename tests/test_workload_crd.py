@@ -21,6 +21,7 @@ from exo.gpu.k8s.workload import (
     LabelSelector,
     parse_quantity,
 )
+from test_crds import walk_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE = "gpu.exo.dev_gpuworkloads.yaml"
@@ -53,20 +54,9 @@ def test_names_scope_columns() -> None:
     assert columns == ["Strategy", "Tasks", "Phase", "Devices", "Age"]
 
 
-def _walk(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
-    out = [(path, node)]
-    for name, sub in (node.get("properties") or {}).items():
-        out += _walk(sub, f"{path}.{name}")
-    if isinstance(node.get("items"), dict):
-        out += _walk(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        out += _walk(node["additionalProperties"], f"{path}{{}}")
-    return out
-
-
 def test_schema_is_structural_except_the_two_marked_fields() -> None:
     untyped = {}
-    for path, node in _walk(_schema()):
+    for path, node in walk_schema(_schema()):
         if "type" not in node:
             untyped[path] = node
         for forbidden in ("$ref", "oneOf", "allOf", "title", "$defs"):
