@@ -114,11 +114,11 @@ class LocalCluster:
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> LocalCluster:
-        began = time.monotonic()
         self.workdir = self.workdir.resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.binaries is None:
             self.binaries = ensure_binaries(self.progress)
+        began = time.monotonic()  # the start itself, not a first build
         self.progress(f"starting the local control plane in {self.workdir}")
         self.pki = make_pki(self.workdir / "pki")
         for name in ("etcd_client", "etcd_peer", "apiserver", "scheduler", "controller_manager"):
