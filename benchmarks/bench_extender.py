@@ -179,10 +179,31 @@ def bench_throughput(nodes: int, pods: int) -> dict[str, float]:
                 "nodeCacheCapable": True, "httpTimeout": "5s", "ignorable": False,
                 "managedResources": [{"name": "gpu.exo.dev/gpu", "ignoredByScheduler": True}]}])
             with_extender = run("gpu", {"gpu.exo.dev/min-memory": "1Gi"})
+            inside = _mean_latencies(f"http://127.0.0.1:{port}/metrics")
         finally:
             extender.terminate()
             extender.wait(10)
-        return {"without": without, "with": with_extender}
+        return {"without": without, "with": with_extender, **inside}
+
+
+def _mean_latencies(url: str) -> dict[str, float]:
+    """Mean time inside the extender per verb (ms) over the run, from its own histogram."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            verb = sample.labels.get("verb", "")
+            if sample.name == "exo_gpu_extender_request_duration_seconds_sum":
+                sums[verb] = sample.value
+            elif sample.name == "exo_gpu_extender_request_duration_seconds_count":
+                counts[verb] = sample.value
+    return {f"{verb}_ms": 1000 * sums[verb] / counts[verb] for verb in sums if counts.get(verb)}
 
 
 def main() -> int:
@@ -211,6 +232,8 @@ def main() -> int:
     print(f"{'without extender':28} {t['without']:8.1f} pods/s")
     print(f"{'with exo-gpu extender':28} {t['with']:8.1f} pods/s")
     print(f"{'ratio (budget >= 0.50)':28} {ratio:8.2f}   {'PASS' if ratio >= 0.5 else 'FAIL'}")
+    print("mean time inside the extender per request during the run: " + ", ".join(
+        f"{key[:-3]} {value:.2f} ms" for key, value in sorted(t.items()) if key.endswith("_ms")))
     return 0
 
 

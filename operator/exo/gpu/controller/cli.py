@@ -225,8 +225,9 @@ def top_command(kubeconfig: str | None, output: str, sort: str) -> None:
 @click.option("--reporting-interval", default=DEFAULT_POLICY.reporting_interval_seconds,
               show_default=True, type=float,
               help="Exporter heartbeat; a device is stale after 3 of them without a write.")
-@click.option("--history-size", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Metrics samples kept per device in the view (about 1.2 KiB each).")
+@click.option("--history-size", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Metrics samples kept per device in the view (2-3 KiB each); the "
+                   "decisions use the latest.")
 @click.option("--log-level", default="INFO", show_default=True)
 def command(**options: Any) -> None:
     """Run the GPUWorkload controller (kopf operator) with its cluster view and /metrics."""

@@ -55,7 +55,7 @@ class LeaderSettings:
 #: Samples kept per device by the controller's view. Placement reads only the latest sample;
 #: the history is for explanations. Each sample is a pydantic model of about 1.2 KiB, so the
 #: core's default (300) would cost ~350 KiB per device, 3.4 GiB at 10,000 devices.
-DEFAULT_HISTORY_SIZE = 8
+DEFAULT_HISTORY_SIZE = 2
 
 
 def make_view(policy: SelectionPolicy | None = None,

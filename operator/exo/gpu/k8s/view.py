@@ -81,9 +81,10 @@ class ClusterView:
 
     policy: SelectionPolicy = DEFAULT_POLICY
     clock: Callable[[], float] = time.time
-    #: Samples kept per device. The view's readers need the latest sample and a short trend;
-    #: at about 1.2 KiB a sample, the core's default of 300 would cost 3.4 GiB at 10,000 devices.
-    history_size: int = 8
+    #: Samples kept per device. Every reader of the view (scoring, planning, aggregation) uses
+    #: the latest sample; one more keeps a late sample in order. At 2-3 KiB a sample, the core's
+    #: default of 300 would cost gigabytes at 10,000 devices.
+    history_size: int = 2
     manager: GPUClusteringManager = field(init=False)
     lock: threading.RLock = field(default_factory=threading.RLock)
     devices: dict[str, GPUDevice] = field(default_factory=dict)
