@@ -20,18 +20,25 @@ from exo.gpu.controller import cli as controller_cli
 from exo.gpu.k8s.view import ClusterView
 
 
-def extender_sidecar(host: str, port: int, tls_cert: str | None, tls_key: str | None
-                     ) -> controller_cli.Sidecar:
+def extender_sidecar(host: str, port: int, tls_cert: str | None, tls_key: str | None,
+                     kubeconfig: str | None) -> controller_cli.Sidecar:
     """Serve the extender from the controller's view (see ``controller.cli.Sidecar``)."""
 
     async def start(view: ClusterView, api_client: Any, ready: Callable[[], bool]
                     ) -> Callable[[], Awaitable[None]]:
         from exo.gpu.extender.bind import Binder
+        from exo.gpu.extender.cli import bind_client
         from exo.gpu.extender.server import ExtenderServer, ssl_context, start_site
 
-        server = ExtenderServer(view, Binder(view, api_client), ready=ready)
+        binder = Binder(view, bind_client(kubeconfig))
+        server = ExtenderServer(view, binder, ready=ready)
         runner = await start_site(server.app(), host, port, ssl_context(tls_cert, tls_key))
-        return runner.cleanup
+
+        async def stop() -> None:
+            await runner.cleanup()
+            await binder.close()
+
+        return stop
 
     return start
 
@@ -39,8 +46,8 @@ def extender_sidecar(host: str, port: int, tls_cert: str | None, tls_key: str | 
 def _run(extender_port: int, extender_host: str, tls_cert: str | None, tls_key: str | None,
          **options: Any) -> None:
     """Run the GPUWorkload controller and, on --extender-port, the scheduler extender."""
-    sidecar = extender_sidecar(extender_host, extender_port, tls_cert, tls_key) \
-        if extender_port else None
+    sidecar = extender_sidecar(extender_host, extender_port, tls_cert, tls_key,
+                               options.get("kubeconfig")) if extender_port else None
     controller_cli.run(controller_cli.ControllerOptions(**options), sidecar)
 
 

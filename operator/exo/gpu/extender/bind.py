@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
+from exo.gpu.k8s.aioclient import ApiError, AsyncKubeClient
 from exo.gpu.k8s.view import ClusterView, Reservation
 
 from .filter import judge_node
@@ -77,37 +79,32 @@ def _uuid(slot: Any, fallback: str) -> str:
 
 
 class Binder:
-    """The one place the extender writes to the API (a ``kubernetes`` ApiClient)."""
+    """The one place the extender writes to the API (asynchronously, on the server's loop)."""
 
-    def __init__(self, view: ClusterView, api_client: Any) -> None:
-        from kubernetes import client
-
+    def __init__(self, view: ClusterView, client: AsyncKubeClient) -> None:
         self.view = view
-        self.core = client.CoreV1Api(api_client)
+        self.client = client
 
-    def bind(self, args: BindArgs, now: float, pod: PodRequest | None = None) -> Decision:
-        """Blocking (run it in a thread): reserve, then bind with the device annotations.
+    async def bind(self, args: BindArgs, now: float, pod: PodRequest | None = None) -> Decision:
+        """Reserve, then bind with the device annotations.
 
         ``pod`` is the request the filter already parsed for this pod; without it (the
         extender restarted between filter and bind) the pod is read from the API first.
         """
-        from kubernetes.client.rest import ApiException
-
         if pod is None or pod.uid != args.pod_uid:
-            pod = self._read(args)
+            pod = await self._read(args)
         decision = reserve(self.view, pod, args.node, now)
+        path = (f"/api/v1/namespaces/{quote(args.pod_namespace, safe='')}/pods/"
+                f"{quote(args.pod_name, safe='')}/binding")
         try:
-            self.core.create_namespaced_pod_binding(
-                args.pod_name, args.pod_namespace, {
-                    "apiVersion": "v1", "kind": "Binding",
-                    "metadata": {"name": args.pod_name, "uid": args.pod_uid,
-                                 "annotations": decision.annotations()},
-                    "target": {"apiVersion": "v1", "kind": "Node", "name": args.node}},
-                _preload_content=False)
-        except ApiException as error:
+            await self.client.request("POST", path, {
+                "apiVersion": "v1", "kind": "Binding",
+                "metadata": {"name": args.pod_name, "namespace": args.pod_namespace,
+                             "uid": args.pod_uid, "annotations": decision.annotations()},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": args.node}})
+        except ApiError as error:
             self.view.release(pod.uid)
-            raise BindError(f"binding {pod.key} to {args.node}: {error.status} "
-                            f"{error.reason}") from None
+            raise BindError(f"binding {pod.key} to {args.node}: {error}") from None
         except BaseException:
             self.view.release(pod.uid)
             raise
@@ -116,19 +113,19 @@ class Binder:
                  decision.reservation.bytes_per_device)
         return decision
 
-    def _read(self, args: BindArgs) -> PodRequest:
-        import json
-
-        from kubernetes.client.rest import ApiException
-
+    async def _read(self, args: BindArgs) -> PodRequest:
+        path = (f"/api/v1/namespaces/{quote(args.pod_namespace, safe='')}/pods/"
+                f"{quote(args.pod_name, safe='')}")
         try:
-            raw = self.core.read_namespaced_pod(args.pod_name, args.pod_namespace,
-                                                _preload_content=False)
-        except ApiException as error:
-            raise BindError(f"reading pod {args.pod_namespace}/{args.pod_name}: "
-                            f"{error.status} {error.reason}") from None
-        pod = parse_pod(json.loads(raw.data))
+            body = await self.client.request("GET", path)
+        except ApiError as error:
+            raise BindError(f"reading pod {args.pod_namespace}/{args.pod_name}: {error}"
+                            ) from None
+        pod = parse_pod(body)
         if pod.uid != args.pod_uid:
             raise BindError(f"pod {pod.key} has uid {pod.uid}, the scheduler asked to bind "
                             f"{args.pod_uid} (the pod was recreated)")
         return pod
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 import click
@@ -33,10 +34,11 @@ async def serve(kubeconfig: str | None, host: str, port: int, tls_cert: str | No
     api = client.ApiClient(configuration)
     view = ClusterView()
     informer = Informer(view, api).start()
-    server = ExtenderServer(view, Binder(view, api), ready=informer.synced.is_set)
+    binder = Binder(view, bind_client(kubeconfig))
+    server = ExtenderServer(view, binder, ready=informer.synced.is_set)
     runner = await start_site(server.app(), host, port, ssl_context(tls_cert, tls_key))
     logging.getLogger(__name__).info("extender serving on %s:%d", host, port)
-    asyncio.get_running_loop().create_task(_freeze_after_sync(informer))
+    freezer = asyncio.get_running_loop().create_task(_freeze_after_sync(informer))
     stop = stop or asyncio.Event()
     if threading.current_thread() is threading.main_thread():
         loop = asyncio.get_running_loop()
@@ -45,8 +47,19 @@ async def serve(kubeconfig: str | None, host: str, port: int, tls_cert: str | No
     try:
         await stop.wait()
     finally:
+        freezer.cancel()
         informer.stop()
         await runner.cleanup()
+        await binder.close()
+
+
+def bind_client(kubeconfig: str | None) -> Any:
+    """The asynchronous API client binds go through (16 connections: binds run concurrently)."""
+    from exo.gpu.k8s.aioclient import AsyncKubeClient, KubeConfig
+
+    config = KubeConfig.from_kubeconfig(Path(kubeconfig)) if kubeconfig else \
+        KubeConfig.in_cluster()
+    return AsyncKubeClient(config, connections=16)
 
 
 async def _freeze_after_sync(informer: Any) -> None:

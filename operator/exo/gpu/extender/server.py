@@ -9,7 +9,6 @@ error field), and the error is counted. Nothing a client sends can crash or hang
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import time
@@ -161,8 +160,7 @@ class ExtenderServer:
         args = parse_bind_args(body)
         if self.binder is None:
             raise BindError("this extender was started without API access: cannot bind")
-        await asyncio.to_thread(self.binder.bind, args, self.clock(),
-                                self._pods.get(args.pod_uid))
+        await self.binder.bind(args, self.clock(), self._pods.get(args.pod_uid))
         self.metrics.binds.labels("bound").inc()
         return _json(binding_result())
 
