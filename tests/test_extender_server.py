@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -164,3 +165,38 @@ async def test_nothing_is_decided_before_the_first_listing() -> None:
             "PodName": "p", "PodNamespace": "ns", "PodUID": "u1", "Node": "idle"})
         assert "still reading the cluster" in result["Error"]
         assert (await test_client.get("/readyz")).status == 503
+
+
+async def test_serves_https_when_given_a_certificate(tmp_path: Path) -> None:
+    import ssl
+
+    import aiohttp
+
+    from exo.gpu.devcluster.cluster import free_port
+    from exo.gpu.devcluster.pki import make_pki
+    from exo.gpu.extender.server import ssl_context, start_site
+
+    pki = make_pki(tmp_path)  # a CA and a serving certificate for 127.0.0.1
+    server = ExtenderServer(view_of(device("idle", 0)), binder=None, clock=lambda: NOW)
+    port = free_port()
+    runner = await start_site(server.app(), "127.0.0.1", port,
+                              ssl_context(str(pki.server_cert), str(pki.server_key)))
+    try:
+        trusted = ssl.create_default_context(cafile=str(pki.ca_cert))
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"https://127.0.0.1:{port}/filter", ssl=trusted,
+                                    json={"Pod": pod_json(), "NodeNames": ["idle"]}) as reply:
+                assert reply.status == 200
+                assert (await reply.json())["NodeNames"] == ["idle"]
+            with pytest.raises(aiohttp.ClientError):  # plain HTTP is not served
+                await session.get(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        await runner.cleanup()
+
+
+def test_tls_needs_both_files() -> None:
+    from exo.gpu.extender.server import ssl_context
+
+    assert ssl_context(None, None) is None
+    with pytest.raises(ValueError, match="--tls-key"):
+        ssl_context("cert.pem", None)
