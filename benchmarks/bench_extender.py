@@ -109,7 +109,7 @@ def bench_throughput(nodes: int, pods: int) -> dict[str, float]:
     from kubernetes import client
 
     from exo.gpu.devcluster import LocalCluster, create_gpu_node, wait_for
-    from exo.gpu.devcluster.cluster import free_port
+    from exo.gpu.devcluster.cluster import extender_entry, free_port
 
     with tempfile.TemporaryDirectory() as tmp, LocalCluster(workdir=Path(tmp)) as cluster:
         cluster.kubectl("apply", "-f", str(Path(__file__).resolve().parent.parent / "crds"))
@@ -173,11 +173,7 @@ def bench_throughput(nodes: int, pods: int) -> dict[str, float]:
 
         try:
             wait_for(extender_ready, timeout=60, what="the extender")
-            cluster.restart_scheduler([{
-                "urlPrefix": f"http://127.0.0.1:{port}", "filterVerb": "filter",
-                "prioritizeVerb": "prioritize", "bindVerb": "bind", "weight": 1,
-                "nodeCacheCapable": True, "httpTimeout": "5s", "ignorable": False,
-                "managedResources": [{"name": "gpu.exo.dev/gpu", "ignoredByScheduler": True}]}])
+            cluster.restart_scheduler([extender_entry(f"http://127.0.0.1:{port}")])
             with_extender = run("gpu", {"gpu.exo.dev/min-memory": "1Gi"})
             inside = _mean_latencies(f"http://127.0.0.1:{port}/metrics")
         finally:

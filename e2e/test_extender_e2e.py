@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client
 
 from exo.gpu.devcluster import LocalCluster, wait_for
-from exo.gpu.devcluster.cluster import free_port
+from exo.gpu.devcluster.cluster import extender_entry, free_port
 from exo.gpu.extender.cli import serve
 from exo.gpu.k8s.models import (
     Condition,
@@ -77,17 +77,10 @@ class ExtenderThread:
             assert not self.thread.is_alive(), "the extender did not stop"
 
 
-def scheduler_extender(url: str) -> dict[str, Any]:
-    return {"urlPrefix": url, "filterVerb": "filter", "prioritizeVerb": "prioritize",
-            "bindVerb": "bind", "weight": 1, "nodeCacheCapable": True, "ignorable": False,
-            "httpTimeout": "5s",
-            "managedResources": [{"name": GPU, "ignoredByScheduler": True}]}
-
-
 @pytest.fixture(scope="module")
 def extender(kube_cluster: LocalCluster) -> Iterator[ExtenderThread]:
     running = ExtenderThread(kube_cluster.kubeconfig, free_port()).start()
-    kube_cluster.restart_scheduler([scheduler_extender(running.url)])
+    kube_cluster.restart_scheduler([extender_entry(running.url)])
     yield running
     kube_cluster.restart_scheduler([])
     running.stop()

@@ -292,3 +292,33 @@ def test_fast_path_agrees_with_the_full_rules(
         assert verdict.reasons == []
     else:  # every device that does not fit says why
         assert len(verdict.reasons) == len(ordered) - len(fitting)
+
+
+class TestPreempt:
+    """Preemption is only worth it where the victims hold the GPU memory the pod needs."""
+
+    def test_keeps_nodes_where_evicting_frees_a_device(self) -> None:
+        from exo.gpu.extender.preempt import preempt_nodes
+
+        view = view_of(device("a", 0, total=40 * GIB), device("b", 0, total=40 * GIB),
+                       device("c", 0, total=40 * GIB, used=35 * GIB))
+        view.commit(Reservation("big-a", "ns/big-a", "a", ("a-nvidia-0",), 36 * GIB))
+        view.commit(Reservation("big-b", "ns/big-b", "b", ("b-nvidia-0",), 36 * GIB))
+        view.commit(Reservation("small-c", "ns/small-c", "c", ("c-nvidia-0",), 36 * GIB))
+        offered = {"a": (["big-a"], 0),          # frees 36 GiB: the pod fits
+                   "b": (["cpu-only-pod"], 0),   # holds no GPU memory: evicting it is useless
+                   "c": (["small-c"], 1)}        # frees the reservation, but 35 GiB are in use
+        kept = preempt_nodes(view, pod(min_memory=10 * GIB), offered, NOW)
+        assert kept == {"a": (["big-a"], 0)}
+        assert view.reserved_by_device["a-nvidia-0"] == 36 * GIB  # judged on a copy
+
+    def test_whole_device_pod_needs_every_holder_evicted(self) -> None:
+        from exo.gpu.extender.preempt import preempt_nodes
+
+        view = view_of(device("a", 0))
+        view.commit(Reservation("p1", "ns/p1", "a", ("a-nvidia-0",), 4 * GIB))
+        view.commit(Reservation("p2", "ns/p2", "a", ("a-nvidia-0",), 4 * GIB))
+        whole = pod(min_memory=None)
+        assert preempt_nodes(view, whole, {"a": (["p1"], 0)}, NOW) == {}
+        assert preempt_nodes(view, whole, {"a": (["p1", "p2"], 0)}, NOW) == {"a": (["p1", "p2"],
+                                                                                    0)}

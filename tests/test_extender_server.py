@@ -62,6 +62,16 @@ class TestVerbs:
         assert scores["idle"] > scores["busy"]
         assert all(isinstance(s, int) and 0 <= s <= 10 for s in scores.values())
 
+    async def test_preempt_answers_with_meta_victims(self, client: TestClient[Any, Any]) -> None:
+        status, result = await post(client, "preempt", {
+            "Pod": pod_json(), "NodeNameToMetaVictims": {
+                "idle": {"Pods": [{"UID": "v"}], "NumPDBViolations": 0},
+                "hot": {"Pods": [{"UID": "w"}], "NumPDBViolations": 0}}})
+        assert status == 200
+        # The idle node has room without evicting anything; the hot one never will.
+        assert result == {"NodeNameToMetaVictims": {
+            "idle": {"Pods": [{"UID": "v"}], "NumPDBViolations": 0}}}
+
     async def test_bind_without_api_access_is_a_clear_error(
             self, client: TestClient[Any, Any]) -> None:
         status, result = await post(client, "bind", {"PodName": "p", "PodNamespace": "ns",
@@ -130,12 +140,13 @@ _mutated_requests = st.fixed_dictionaries({}, optional={
     "Nodes": _json_values,
     "PodName": _json_values, "PodNamespace": _json_values, "PodUID": _json_values,
     "Node": _json_values,
+    "NodeNameToMetaVictims": st.one_of(_json_values, st.just({"idle": {"Pods": [{"UID": "x"}]}})),
 })
 
 
 @settings(max_examples=400, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(verb=st.sampled_from(["filter", "prioritize", "bind"]),
+@given(verb=st.sampled_from(["filter", "prioritize", "bind", "preempt"]),
        body=st.one_of(_mutated_requests, _json_values, st.binary(max_size=40)))
 async def test_fuzz_never_breaks_the_server(client: TestClient[Any, Any], verb: str,
                                             body: Any) -> None:

@@ -13,7 +13,9 @@ from exo.gpu.extender.wire import (
     parse_bind_args,
     parse_filter_args,
     parse_pod,
+    parse_preempt_args,
     parse_quantity,
+    preemption_result,
     priority_list,
 )
 
@@ -139,3 +141,34 @@ class TestBindArgs:
 def test_priority_list_shape() -> None:
     assert priority_list({"a": 7, "b": 0}) == [{"Host": "a", "Score": 7},
                                                {"Host": "b", "Score": 0}]
+
+
+class TestPreemptArgs:
+    def test_meta_victims(self) -> None:
+        args = parse_preempt_args({"Pod": pod(), "NodeNameToMetaVictims": {
+            "a": {"Pods": [{"UID": "v1"}, {"UID": "v2"}], "NumPDBViolations": 1}}})
+        assert args.victims == {"a": (["v1", "v2"], 1)}
+        assert preemption_result(args.victims) == {"NodeNameToMetaVictims": {
+            "a": {"Pods": [{"UID": "v1"}, {"UID": "v2"}], "NumPDBViolations": 1}}}
+
+    def test_full_victims_from_a_scheduler_without_node_cache(self) -> None:
+        args = parse_preempt_args({"Pod": pod(), "NodeNameToVictims": {
+            "a": {"Pods": [{"metadata": {"uid": "v1"}}]}}})
+        assert args.victims == {"a": (["v1"], 0)}
+
+    @pytest.mark.parametrize(("body", "field"), [
+        ({"NodeNameToMetaVictims": {}}, "Pod"),
+        ({"Pod": pod(), "NodeNameToMetaVictims": []}, "NodeNameToMetaVictims"),
+        ({"Pod": pod(), "NodeNameToMetaVictims": {"a": {"Pods": "x"}}},
+         "NodeNameToMetaVictims[a].Pods"),
+        ({"Pod": pod(), "NodeNameToMetaVictims": {"a": {"Pods": [{"UID": 5}]}}},
+         "NodeNameToMetaVictims[a].Pods[0].UID"),
+        ({"Pod": pod(), "NodeNameToMetaVictims": {"a": {"Pods": [], "NumPDBViolations": -1}}},
+         "NodeNameToMetaVictims[a].NumPDBViolations"),
+        ({"Pod": pod(), "NodeNameToVictims": {"a": {"Pods": [{"metadata": None}]}}},
+         "NodeNameToVictims[a].Pods[0].metadata"),
+    ])
+    def test_bad_request_names_the_field(self, body: Any, field: str) -> None:
+        with pytest.raises(WireError) as error:
+            parse_preempt_args(body)
+        assert error.value.field == field

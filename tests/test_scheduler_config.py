@@ -20,8 +20,8 @@ def test_extender_entry() -> None:
     assert extender["nodeCacheCapable"] is True
     assert extender["managedResources"] == [{"name": "gpu.exo.dev/gpu",
                                              "ignoredByScheduler": True}]
-    assert (extender["filterVerb"], extender["prioritizeVerb"], extender["bindVerb"]) == \
-        ("filter", "prioritize", "bind")
+    assert (extender["filterVerb"], extender["prioritizeVerb"], extender["preemptVerb"],
+            extender["bindVerb"]) == ("filter", "prioritize", "preempt", "bind")
     assert extender["ignorable"] is False
     assert extender["httpTimeout"] == "5s"
     known = {"urlPrefix", "filterVerb", "prioritizeVerb", "preemptVerb", "bindVerb", "weight",
@@ -44,3 +44,10 @@ def test_real_kube_scheduler_accepts_it(kube_cluster: LocalCluster, tmp_path: Pa
     (extender,) = yaml.safe_load(written.read_text())["extenders"]
     assert extender["bindVerb"] == "bind"
     assert extender["managedResources"][0]["ignoredByScheduler"] is True
+
+
+def test_the_local_cluster_configures_the_scheduler_as_users_do() -> None:
+    from exo.gpu.devcluster.cluster import extender_entry
+
+    (extender,) = yaml.safe_load(CONFIG.read_text())["extenders"]
+    assert extender_entry(extender["urlPrefix"]) == extender

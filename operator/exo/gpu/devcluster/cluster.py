@@ -72,6 +72,18 @@ def wait_for(condition: Callable[[], bool], *, timeout: float, what: str,
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
 
 
+def extender_entry(url: str) -> dict[str, Any]:
+    """The ``extenders:`` entry of manifests/scheduler-config.yaml, pointed at ``url``.
+
+    Tests and the demo configure kube-scheduler exactly as users do (a test compares the two).
+    """
+    return {"urlPrefix": url, "filterVerb": "filter", "prioritizeVerb": "prioritize",
+            "preemptVerb": "preempt", "bindVerb": "bind", "weight": 1,
+            "nodeCacheCapable": True,
+            "managedResources": [{"name": "gpu.exo.dev/gpu", "ignoredByScheduler": True}],
+            "httpTimeout": "5s", "ignorable": False}
+
+
 @dataclass
 class Component:
     name: str

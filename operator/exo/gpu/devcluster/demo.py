@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from .cluster import LocalCluster, free_port, wait_for
+from .cluster import LocalCluster, extender_entry, free_port, wait_for
 from .nodes import create_gpu_node
 
 Say = Callable[[str], None]
@@ -158,11 +158,7 @@ class Demo:
             return
         wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=60,
                  what="the controller's scheduler extender to be ready")
-        self.cluster.restart_scheduler([{
-            "urlPrefix": f"http://127.0.0.1:{port}", "filterVerb": "filter",
-            "prioritizeVerb": "prioritize", "bindVerb": "bind", "weight": 1,
-            "nodeCacheCapable": True, "ignorable": False, "httpTimeout": "5s",
-            "managedResources": [{"name": "gpu.exo.dev/gpu", "ignoredByScheduler": True}]}])
+        self.cluster.restart_scheduler([extender_entry(f"http://127.0.0.1:{port}")])
         self.say("kube-scheduler now asks the exo-gpu extender about GPU pods")
 
     def _stop_components(self) -> None:

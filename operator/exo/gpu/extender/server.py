@@ -1,10 +1,11 @@
 """The extender's HTTP server (aiohttp + orjson).
 
-``POST /filter``, ``/prioritize`` and ``/bind`` speak the kube-scheduler extender protocol;
-``GET /healthz``, ``/readyz`` (ready once the view's first listing, and so the ledger, is in) and
-``/metrics``. A request that is not JSON gets HTTP 400 with ``{"Error": ...}``; a JSON request of
-the wrong shape gets the verb's own error result (filter, bind) or 400 (prioritize, which has no
-error field), and the error is counted. Nothing a client sends can crash or hang the server.
+``POST /filter``, ``/prioritize``, ``/bind`` and ``/preempt`` speak the kube-scheduler extender
+protocol; ``GET /healthz``, ``/readyz`` (ready once the view's first listing, and so the ledger,
+is in) and ``/metrics``. A request that is not JSON gets HTTP 400 with ``{"Error": ...}``; a JSON
+request of the wrong shape gets the verb's own error result (filter, bind) or 400 (prioritize and
+preempt, whose replies have no error field), and the error is counted. Nothing a client sends can
+crash or hang the server.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from exo.gpu.k8s.view import ClusterView
 from .bind import Binder, BindError
 from .filter import NodeVerdict, filter_nodes
 from .metrics import ExtenderMetrics
+from .preempt import preempt_nodes
 from .prioritize import prioritize_nodes
 from .wire import (
     PodRequest,
@@ -34,6 +36,8 @@ from .wire import (
     filter_result,
     parse_bind_args,
     parse_filter_args,
+    parse_preempt_args,
+    preemption_result,
     priority_list,
 )
 
@@ -82,6 +86,7 @@ class ExtenderServer:
         app.router.add_post("/filter", self.filter)
         app.router.add_post("/prioritize", self.prioritize)
         app.router.add_post("/bind", self.bind)
+        app.router.add_post("/preempt", self.preempt)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_endpoint)
@@ -138,6 +143,16 @@ class ExtenderServer:
     async def bind(self, request: web.Request) -> web.Response:
         return await self._serve(request, "bind", self._bind,
                                  lambda message, _: _json(binding_result(message)))
+
+    async def preempt(self, request: web.Request) -> web.Response:
+        return await self._serve(request, "preempt", self._preempt,
+                                 lambda message, status: _json({"Error": message}, status))
+
+    async def _preempt(self, body: Any) -> web.Response:
+        args = parse_preempt_args(body)
+        with self.view.lock:
+            kept = preempt_nodes(self.view, args.pod, args.victims, self.clock())
+        return _json(preemption_result(kept))
 
     async def _filter(self, body: Any) -> web.Response:
         args = parse_filter_args(body)

@@ -33,11 +33,14 @@ __all__ = [
     "BindArgs",
     "FilterArgs",
     "PodRequest",
+    "PreemptArgs",
     "WireError",
     "parse_bind_args",
     "parse_filter_args",
     "parse_pod",
+    "parse_preempt_args",
     "parse_quantity",
+    "preemption_result",
 ]
 
 #: Most node names one request may carry. kube-scheduler sends at most its
@@ -193,6 +196,53 @@ def parse_bind_args(body: Any) -> BindArgs:
                     pod_namespace=_string(args.get("PodNamespace"), "PodNamespace"),
                     pod_uid=_string(args.get("PodUID"), "PodUID"),
                     node=_string(args.get("Node"), "Node"))
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptArgs:
+    """``ExtenderPreemptionArgs``: the pod and, per candidate node, the pods to evict there."""
+
+    pod: PodRequest
+    #: node -> (victim pod UIDs, number of PodDisruptionBudget violations)
+    victims: dict[str, tuple[list[str], int]]
+
+
+def parse_preempt_args(body: Any) -> PreemptArgs:
+    """``{"Pod", "NodeNameToMetaVictims": {node: {"Pods": [{"UID"}], "NumPDBViolations"}}}``,
+    or, from a scheduler without ``nodeCacheCapable``, ``NodeNameToVictims`` with whole pods."""
+    args = _object(body, "ExtenderPreemptionArgs")
+    pod = parse_pod(args.get("Pod"))
+    meta = args.get("NodeNameToMetaVictims")
+    full = args.get("NodeNameToVictims")
+    key = "NodeNameToMetaVictims" if meta is not None else "NodeNameToVictims"
+    raw = _object(meta if meta is not None else full if full is not None else {}, key)
+    if len(raw) > MAX_NODES_PER_REQUEST:
+        raise WireError(key, f"{len(raw)} nodes is above the limit of {MAX_NODES_PER_REQUEST}")
+    victims: dict[str, tuple[list[str], int]] = {}
+    for node, entry in raw.items():
+        where = f"{key}[{node}]"
+        entry = _object(entry, where)
+        pods = entry.get("Pods") or []
+        if not isinstance(pods, list):
+            raise WireError(f"{where}.Pods", "must be a list of pods")
+        uids = []
+        for i, victim in enumerate(pods):
+            victim = _object(victim, f"{where}.Pods[{i}]")
+            uid = victim.get("UID") if meta is not None else \
+                _object(victim.get("metadata"), f"{where}.Pods[{i}].metadata").get("uid")
+            uids.append(_string(uid, f"{where}.Pods[{i}].UID"))
+        violations = entry.get("NumPDBViolations") or 0
+        if isinstance(violations, bool) or not isinstance(violations, int) or violations < 0:
+            raise WireError(f"{where}.NumPDBViolations", "must be a non-negative integer")
+        victims[_string(node, key)] = (uids, violations)
+    return PreemptArgs(pod=pod, victims=victims)
+
+
+def preemption_result(victims: Mapping[str, tuple[list[str], int]]) -> dict[str, Any]:
+    """``ExtenderPreemptionResult``: the nodes (and victims) the extender agrees with."""
+    return {"NodeNameToMetaVictims": {
+        node: {"Pods": [{"UID": uid} for uid in uids], "NumPDBViolations": violations}
+        for node, (uids, violations) in victims.items()}}
 
 
 def filter_result(args: FilterArgs, passed: list[str], failed: Mapping[str, str],

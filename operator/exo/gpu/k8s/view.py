@@ -65,6 +65,7 @@ class Slot:
     vendor: str
     uuid: str | None
     total: int
+    used: int  # measured by the exporter (0 before the first sample)
     reserved: int
     free: int  # total - max(measured use, reservations), never negative
     score: float
@@ -190,6 +191,7 @@ class ClusterView:
             uuid=device.spec.uuid,
             total=total,
             reserved=reserved,
+            used=sample.memory_used_bytes if sample else 0,
             free=free,
             score=breakdown_score,
             priority=extender_score(breakdown_score),
