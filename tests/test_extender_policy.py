@@ -322,3 +322,19 @@ class TestPreempt:
         assert preempt_nodes(view, whole, {"a": (["p1"], 0)}, NOW) == {}
         assert preempt_nodes(view, whole, {"a": (["p1", "p2"], 0)}, NOW) == {"a": (["p1", "p2"],
                                                                                     0)}
+
+
+class TestViewIdentity:
+    def test_cordon_keeps_the_device_and_its_history(self) -> None:
+        view = view_of(device("n", 0, util=10))
+        view.apply_device(device("n", 0, util=20, age=-1))
+        view.apply_device(device("n", 0, util=30, age=-2, cordoned=True))
+        assert len(view.manager.get_metrics_history("n-nvidia-0")) == 2  # not re-registered
+        assert (view.node_slots("n")["n-nvidia-0"].blocked or "").startswith("Cordoned")
+
+    def test_a_new_identity_starts_over(self) -> None:
+        view = view_of(device("n", 0, total=80 * GIB))
+        view.apply_device(device("n", 0, total=40 * GIB, age=-1))
+        info = view.manager.get_device("n-nvidia-0")
+        assert info is not None and info.memory_total_bytes == 40 * GIB
+        assert len(view.manager.get_metrics_history("n-nvidia-0")) == 1

@@ -112,19 +112,21 @@ class ClusterView:
             return None
         with self.lock:
             previous = self.devices.get(device.name)
-            info = device.to_device_info()
-            if previous is not None and previous.to_device_info() != info:
+            # Most updates carry new metrics only: build the identity only when the spec moved
+            # (a cordon changes the spec but not the identity, and keeps the history).
+            if previous is not None and previous.spec != device.spec and \
+                    previous.to_device_info() != device.to_device_info():
                 self._forget_device(device.name)
                 previous = None
             if previous is None:
-                self.manager.register_device(info)
+                self.manager.register_device(device.to_device_info())
             self.devices[device.name] = device
             self.manager.set_cordoned(device.name, device.spec.unschedulable)
             self.manager.set_ready(device.name, _is_ready(device))
             sample = device.latest_sample()
             if sample is not None:
                 self._record(sample)
-            self._refresh_slot(device.name)
+            self._refresh_slot(device.name, sample)
             self.generation += 1
             return device
 
@@ -154,11 +156,11 @@ class ClusterView:
         except ValueError as error:
             log.warning("metrics of %s skipped: %s", sample.device_id, error)
 
-    def _refresh_slot(self, name: str) -> None:
+    def _refresh_slot(self, name: str, sample: GPUMetrics | None) -> None:
+        """Recompute the device's slot from ``sample``, its latest metrics."""
         device = self.devices[name]
         total = device.spec.memory_total_bytes
         reserved = min(self.reserved_by_device.get(name, 0), total)
-        sample = device.latest_sample()
         blocked: str | None = None
         if device.spec.unschedulable:
             blocked = "Cordoned: the device is cordoned (spec.unschedulable)"
@@ -295,7 +297,7 @@ class ClusterView:
         if device in self.devices:
             total = self.devices[device].spec.memory_total_bytes
             self.manager.set_reservation(device, min(self.reserved_by_device.get(device, 0), total))
-            self._refresh_slot(device)
+            self._refresh_slot(device, self.devices[device].latest_sample())
 
     # ------------------------------------------------------------------ queries
     def node_slots(self, node: str) -> Mapping[str, Slot]:
