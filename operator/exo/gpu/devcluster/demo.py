@@ -113,15 +113,15 @@ class Demo:
                               check=True, capture_output=True, text=True, input=input).stdout
 
     def _apply_crds(self, kubeconfig: str) -> None:
-        crds = _data("crds")
-        files = sorted(crds.glob("*.yaml")) if crds.is_dir() else []
-        if not files:  # source checkout: the generated crds/ folder
-            files = sorted((Path(__file__).resolve().parents[4] / "crds").glob("*.yaml"))
-        for path in files:
-            self._kubectl(kubeconfig, "apply", "--server-side", "-f", str(path))
+        # Rendered from the models, as crds/ is: works from an installed package too.
+        from exo.gpu.k8s.crdgen import generate
+
+        rendered = generate()
+        self._kubectl(kubeconfig, "apply", "--server-side", "-f", "-",
+                      input="\n---\n".join(rendered.values()))
         self._kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
                       "crd/gpudevices.gpu.exo.dev", "crd/gpuworkloads.gpu.exo.dev")
-        self.say(f"installed {len(files)} CRDs")
+        self.say(f"installed {len(rendered)} CRDs")
 
     def _nodes(self, api: Any, fleet: dict[str, Any]) -> None:
         for node in fleet["nodes"]:
