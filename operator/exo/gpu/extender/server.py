@@ -75,9 +75,11 @@ class ExtenderServer:
         self.metrics = metrics or ExtenderMetrics()
         self.ready = ready
         self.clock = clock
-        self._verdicts: OrderedDict[str, tuple[int, dict[str, NodeVerdict]]] = OrderedDict()
-        #: Pods the filter parsed, by uid, so that bind needs no API read.
-        self._pods: OrderedDict[str, PodRequest] = OrderedDict()
+        #: What the filter saw of recent pods, by uid: the parsed request (so that bind needs
+        #: no API read) and the verdicts with the view's generation (reused by prioritize while
+        #: nothing changed).
+        self._filtered: OrderedDict[str, tuple[PodRequest, int, dict[str, NodeVerdict]]] = \
+            OrderedDict()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -175,7 +177,7 @@ class ExtenderServer:
         args = parse_bind_args(body)
         if self.binder is None:
             raise BindError("this extender was started without API access: cannot bind")
-        await self.binder.bind(args, self.clock(), self._pods.get(args.pod_uid))
+        await self.binder.bind(args, self.clock(), self._filtered_pod(args.pod_uid))
         self.metrics.binds.labels("bound").inc()
         return _json(binding_result())
 
@@ -203,20 +205,20 @@ class ExtenderServer:
     # ------------------------------------------------------------------ verdict cache
     def _remember(self, pod: PodRequest, verdicts: dict[str, NodeVerdict]) -> None:
         key = pod.uid or pod.key
-        self._verdicts[key] = (self.view.generation, verdicts)
-        self._verdicts.move_to_end(key)
-        self._pods[key] = pod
-        self._pods.move_to_end(key)
-        while len(self._verdicts) > VERDICT_CACHE_SIZE:
-            self._verdicts.popitem(last=False)
-        while len(self._pods) > VERDICT_CACHE_SIZE:
-            self._pods.popitem(last=False)
+        self._filtered[key] = (pod, self.view.generation, verdicts)
+        self._filtered.move_to_end(key)
+        while len(self._filtered) > VERDICT_CACHE_SIZE:
+            self._filtered.popitem(last=False)
 
     def _recall(self, key: str) -> dict[str, NodeVerdict] | None:
-        entry = self._verdicts.get(key)
-        if entry is None or entry[0] != self.view.generation:
+        entry = self._filtered.get(key)
+        if entry is None or entry[1] != self.view.generation:
             return None  # something changed since the filter: judge again
-        return entry[1]
+        return entry[2]
+
+    def _filtered_pod(self, uid: str) -> PodRequest | None:
+        entry = self._filtered.get(uid)
+        return entry[0] if entry is not None else None
 
 
 def ssl_context(cert_file: str | None, key_file: str | None) -> ssl.SSLContext | None:
