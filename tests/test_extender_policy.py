@@ -30,7 +30,7 @@ NOW = 1_790_000_000.0
 
 
 def device(node: str, index: int, *, vendor: str = "nvidia", total: int = 80 * GIB,
-           used: int = 0, util: float = 0.0, temp: float = 50.0, age: float = 0.0,
+           used: int = 0, util: float = 0.0, temp: float | None = 50.0, age: float = 0.0,
            ready: bool = True, cordoned: bool = False, metrics: bool = True) -> dict[str, Any]:
     info = GPUDeviceInfo(device_id="x", vendor=Vendor(vendor), name="Test GPU",
                          memory_total_bytes=total, uuid=f"UUID-{node}-{index}")
@@ -71,6 +71,7 @@ class TestFilter:
         (device("n", 0, metrics=False), False, False, "NoMetrics"),
         (device("n", 0, temp=90), False, False, "TooHot"),
         (device("n", 0, temp=89), True, None, None),
+        (device("n", 0, temp=None), True, None, None),  # not exposed: never TooHot
         (device("n", 0, age=91), False, False, "Stale"),
         (device("n", 0, age=89), True, None, None),
         (device("n", 0, vendor="amd"), False, False, "VendorMismatch"),

@@ -324,6 +324,20 @@ def test_valid_hand_registered_device_is_accepted(kube_cluster: Any, hand_device
     assert result.returncode == 0, result.stderr
 
 
+def test_accepts_metrics_without_temperature_power_and_clock(kube_cluster: Any,
+                                                             hand_device: str) -> None:
+    """Fields a driver does not expose are absent on the wire, and the schema allows that."""
+    absent = {k: v for k, v in METRICS.items()
+              if k not in ("temperatureCelsius", "powerWatts", "clockRateMHz")}
+    result = _status_update(kube_cluster, hand_device, {"metrics": absent})
+    assert result.returncode == 0, result.stderr
+    out = kube_cluster.kubectl("get", "gpudevice", hand_device, "-o", "json").stdout
+    sample = GPUDevice.model_validate(json.loads(out)).latest_sample()
+    assert sample is not None and sample.memory_used_bytes == 1024
+    assert (sample.temperature_celsius, sample.power_watts, sample.clock_rate_mhz) == (
+        None, None, None)
+
+
 def test_refuses_negative_memory(kube_cluster: Any, tmp_path: Path) -> None:
     obj = _valid(f"bad-{uuid.uuid4().hex[:8]}")
     obj["spec"]["memoryTotalBytes"] = -1

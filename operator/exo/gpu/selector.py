@@ -20,7 +20,8 @@ Eligibility, in the order the checks run; each rejection carries a machine-reada
 - ``NoMetrics``: no sample yet. Selection is telemetry-driven; a device whose memory use is
   unknown could already be full, so it is not offered until it reports.
 - ``Stale``: its latest sample is older than ``SelectionPolicy.stale_after_seconds``.
-- ``TooHot``: at or above ``thermal_max_celsius``.
+- ``TooHot``: at or above ``thermal_max_celsius`` (:func:`too_hot`; a device whose driver
+  reports no temperature is never too hot).
 - ``VendorMismatch``, ``SelectorMismatch`` (labels or predicate), ``InsufficientMemory`` (free
   memory, after reservations, below the request): request-specific.
 """
@@ -56,6 +57,7 @@ __all__ = [
     "extender_score",
     "identity_differences",
     "score_device",
+    "too_hot",
 ]
 
 _GIB = 1024**3
@@ -149,7 +151,7 @@ def score_device(
     memory_total_bytes: int,
     memory_used_bytes: int,
     compute_utilization_percent: float,
-    temperature_celsius: float,
+    temperature_celsius: float | None,
     reserved_bytes: int = 0,
     policy: SelectionPolicy = DEFAULT_POLICY,
 ) -> ScoreBreakdown:
@@ -159,7 +161,8 @@ def score_device(
         free            = clamp(memory_total_bytes - used_effective, 0, memory_total_bytes)
         memory          = memory_weight * free / memory_total_bytes                  (0.6 default)
         compute         = compute_weight * (1 - clamp(utilization, 0, 100) / 100)   (0.4 default)
-        thermal         = 0                                   if temperature <= thermal_start
+        thermal         = 0                                   if temperature is unknown (None)
+                        = 0                                   if temperature <= thermal_start
                         = max_thermal_penalty                 if temperature >= thermal_max
                         = max_thermal_penalty * (temperature - thermal_start)
                                               / (thermal_max - thermal_start)   otherwise
@@ -169,10 +172,14 @@ def score_device(
     eligibility rules, not by this function). Reserved memory is memory promised to pods already
     bound to the device: it counts even before the pods allocate it, and measured use counts even
     when nothing was reserved (stray processes).
+
+    Unknown temperature (the driver exposes none): no thermal penalty, and never ``TooHot``
+    (:func:`too_hot`). The exporter reports the field absent rather than 0, so that the score
+    does not pretend to know the device is cool; nor does it guess that it is hot.
     """
     if not _finite(compute_utilization_percent):
         raise InvalidMetricsError("compute_utilization_percent", "must be a finite number")
-    if not _finite(temperature_celsius):
+    if temperature_celsius is not None and not _finite(temperature_celsius):
         raise InvalidMetricsError("temperature_celsius", "must be a finite number")
     used = memory_used_bytes if memory_used_bytes > reserved_bytes else reserved_bytes
     if memory_total_bytes > 0:
@@ -183,7 +190,7 @@ def score_device(
         memory_fraction = 0.0
     utilization = min(max(compute_utilization_percent, 0.0), 100.0)
     start = policy.thermal_start_celsius
-    if temperature_celsius <= start:
+    if temperature_celsius is None or temperature_celsius <= start:
         thermal = 0.0
     elif temperature_celsius >= policy.thermal_max_celsius:
         thermal = policy.max_thermal_penalty
@@ -197,6 +204,11 @@ def score_device(
     compute = policy.compute_weight * (1.0 - utilization / 100.0)
     total = min(max(memory + compute - thermal, 0.0), 1.0)
     return ScoreBreakdown(memory, compute, thermal, total, free)
+
+
+def too_hot(temperature_celsius: float | None, policy: SelectionPolicy = DEFAULT_POLICY) -> bool:
+    """At or above ``thermal_max_celsius``: the device is excluded. Unknown is never too hot."""
+    return temperature_celsius is not None and temperature_celsius >= policy.thermal_max_celsius
 
 
 def extender_score(total: float, max_priority: int = 10) -> int:
@@ -518,7 +530,7 @@ class DeviceSelector:
             and not state.swept
             and metrics is not None
             and state.breakdown is not None
-            and metrics.temperature_celsius < self.policy.thermal_max_celsius
+            and not too_hot(metrics.temperature_celsius, self.policy)
         )
 
     def _sync(self, state: _DeviceState) -> None:
@@ -608,7 +620,7 @@ class DeviceSelector:
                         f"(stale after {policy.stale_after_seconds:.0f} s)",
                     )
                 )
-            if metrics.temperature_celsius >= policy.thermal_max_celsius:
+            if too_hot(metrics.temperature_celsius, policy):
                 rejections.append(
                     Rejection(
                         RejectionReason.TOO_HOT,

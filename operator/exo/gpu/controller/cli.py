@@ -62,7 +62,8 @@ def device_rows(view: ClusterView, now: float) -> list[list[object]]:
                 f"{(used or 0) / 2**30:.1f}/{total / 2**30:.1f} GiB" if used is not None
                 else f"-/{total / 2**30:.1f} GiB",
                 f"{metrics.compute_utilization_percent:.0f}%" if metrics else "-",
-                f"{metrics.temperature_celsius:.0f}C" if metrics else "-",
+                f"{metrics.temperature_celsius:.0f}C"
+                if metrics and metrics.temperature_celsius is not None else "-",
                 f"{slot.score:.2f}" if slot is not None and metrics else "-",
                 state,
             ])

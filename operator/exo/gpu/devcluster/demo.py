@@ -48,6 +48,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     return "\n".join(lines)
 
 
+def _celsius(value: float | None) -> str:
+    """A temperature for the table; ``-`` where the device's driver exposes none."""
+    return "-" if value is None else f"{value:.0f}"
+
+
 def _gib(value: float) -> str:
     return f"{value / 1024**3:.0f}"
 
@@ -249,7 +254,7 @@ class Demo:
                          f"{_gib(spec['memoryTotalBytes'])}",
                          _gib(slot.reserved) if slot else "-",
                          f"{metrics.get('computeUtilizationPercent', 0):.0f}",
-                         f"{metrics.get('temperatureCelsius', 0):.0f}", ready,
+                         _celsius(metrics.get("temperatureCelsius")), ready,
                          f"{slot.score:.2f}" if slot else "-"])
         out = ["GPU devices (score: 0.6 x free memory + 0.4 x compute headroom - thermal penalty)",
                format_table(["DEVICE", "MODEL", "USED/TOTAL GiB", "RESERVED GiB", "UTIL%",

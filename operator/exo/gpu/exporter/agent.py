@@ -147,16 +147,30 @@ def write_decision(
     delta_util = new_sample.compute_utilization_percent - prev_written.compute_utilization_percent
     if abs(delta_util) >= policy.utilization_points:
         return WriteReason.UTILIZATION
-    if abs(new_sample.temperature_celsius - prev_written.temperature_celsius) >= (
-        policy.temperature_celsius
+    if _left_band(
+        prev_written.temperature_celsius, new_sample.temperature_celsius, policy.temperature_celsius
     ):
         return WriteReason.TEMPERATURE
-    power_band = policy.power_fraction * max(prev_written.power_watts, policy.power_floor_watts)
-    if abs(new_sample.power_watts - prev_written.power_watts) >= power_band:
+    if prev_written.power_watts is None:
+        power_band = policy.power_floor_watts
+    else:
+        power_band = policy.power_fraction * max(prev_written.power_watts, policy.power_floor_watts)
+    if _left_band(prev_written.power_watts, new_sample.power_watts, power_band):
         return WriteReason.POWER
     if now - last_write_time >= (policy.heartbeat_s if heartbeat_s is None else heartbeat_s):
         return WriteReason.HEARTBEAT
     return None
+
+
+def _left_band(written: float | None, new: float | None, band: float) -> bool:
+    """A value moved by at least ``band``; a value that appears or disappears always counts.
+
+    Fields a driver does not expose are None (absent, never 0): a device whose temperature
+    sensor comes and goes is written when it does, and two absent readings are no change.
+    """
+    if written is None or new is None:
+        return (written is None) != (new is None)
+    return abs(new - written) >= band
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from exo.gpu.clustering import GPUClusteringManager
-from exo.gpu.selector import DEFAULT_POLICY, SelectionPolicy, extender_score, score_device
+from exo.gpu.selector import (
+    DEFAULT_POLICY,
+    SelectionPolicy,
+    extender_score,
+    score_device,
+    too_hot,
+)
 from exo.gpu.telemetry_protocol import GPUMetrics
 
 from .models import GPUDevice, find_condition
@@ -181,7 +187,7 @@ class ClusterView:
                 self.policy,
             )
             breakdown_score, free = breakdown.total, breakdown.free_memory_bytes
-            if sample.temperature_celsius >= self.policy.thermal_max_celsius:
+            if too_hot(sample.temperature_celsius, self.policy):
                 blocked = blocked or (
                     f"TooHot: {sample.temperature_celsius:.0f} C is at or above "
                     f"{self.policy.thermal_max_celsius:.0f} C"
