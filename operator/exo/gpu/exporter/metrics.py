@@ -244,6 +244,13 @@ class ExporterMetrics:
             ["kind", "result"],
             registry=self.registry,
         )
+        self.backend_info = Gauge(
+            "exo_gpu_exporter_backend_info",
+            "1 for the backend this exporter reads (backend) and the one it was asked for "
+            "(requested: auto, or the same name).",
+            ["backend", "requested"],
+            registry=self.registry,
+        )
         self.devices = Gauge(
             "exo_gpu_exporter_devices",
             "Devices the backend currently reports.",
