@@ -192,6 +192,7 @@ def test_schema_refuses_a_typo(setting: str, path: str) -> None:
 
 @pytest.mark.parametrize(("setting", "field"), [
     ("exporter.backend=cuda", "/exporter/backend"),
+    ("exporter.hostSysfs=yes", "/exporter/hostSysfs"),
     ("exporter.pollInterval=0", "/exporter/pollInterval"),
     ("json:exporter.pollInterval=\"fast\"", "/exporter/pollInterval"),
     ("controller.replicas=0", "/controller/replicas"),
@@ -506,6 +507,31 @@ def test_nvml_backend_asks_the_nvidia_runtime_for_the_management_library() -> No
     assert env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
     assert spec["nodeSelector"] == {"gpu.exo.dev/gpu-node": "true"}
     assert "runtimeClassName" not in find(render(), "DaemonSet")["spec"]["template"]["spec"]
+
+
+def test_exporter_defaults_to_auto_and_reads_the_containers_own_sys() -> None:
+    daemonset = find(render(), "DaemonSet", "exo-gpu-exporter")
+    spec = daemonset["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert "--backend=auto" in container["args"]
+    assert not [a for a in container["args"] if a.startswith("--sysfs-root")]
+    # auto tries NVML first: the NVIDIA runtime is asked for the management library.
+    assert {e["name"] for e in container["env"]} >= {"NVIDIA_VISIBLE_DEVICES",
+                                                      "NVIDIA_DRIVER_CAPABILITIES"}
+
+
+def test_host_sysfs_mounts_the_nodes_sys_read_only_and_points_the_exporter_at_it() -> None:
+    daemonset = find(render("exporter.hostSysfs=true", "exporter.backend=drm"), "DaemonSet",
+                     "exo-gpu-exporter")
+    spec = daemonset["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "host-sys")
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "host-sys")
+    assert volume["hostPath"] == {"path": "/sys", "type": "Directory"}
+    assert mount["readOnly"] is True
+    assert f"--sysfs-root={mount['mountPath']}" in container["args"]
+    assert "--backend=drm" in container["args"]
+    assert "NVIDIA_VISIBLE_DEVICES" not in {e["name"] for e in container.get("env", [])}
 
 
 # ------------------------------------------------------------------------------- scheduler
