@@ -509,3 +509,18 @@ async def test_agent_reports_a_bad_card_not_ready_and_keeps_the_other(tmp_path: 
     await poll(61)
     assert "n1-amd-0" not in api.objects and "n1-intel-0" in api.objects
     assert agent.alive()
+
+
+def test_a_class_directory_that_cannot_be_listed_fails_discovery_with_the_reason(
+        tmp_path: Path) -> None:
+    root = copy(FIXTURES / "adreno320-kgsl", tmp_path)
+    backend = backend_on(root)
+    kgsl = root / "sys/class/kgsl"
+    shutil.rmtree(kgsl)
+    kgsl.write_text("not a directory\n")  # listing it fails with ENOTDIR ... as a file: no kgsl
+    assert backend.discover() == []
+    kgsl.unlink()
+    kgsl.symlink_to(kgsl)  # a loop: listing fails with ELOOP
+    with pytest.raises(BackendError) as caught:
+        backend.discover()
+    assert caught.value.reason == "SysfsUnreadable" and "class/kgsl" in str(caught.value)

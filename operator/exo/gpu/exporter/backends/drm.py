@@ -208,7 +208,10 @@ class DrmBackend:
     # -- discovery --------------------------------------------------------------------------
 
     def discover(self) -> list[GPUDeviceInfo]:
-        found, skipped = self._find()
+        try:
+            found, skipped = self._find()
+        except FileError as exc:  # a class directory that cannot be listed
+            raise BackendError(f"drm: discovery: {exc}", "SysfsUnreadable") from None
         counts: dict[Vendor, int] = {}
         cards: dict[str, Card] = {}
         for item in sorted(found, key=lambda f: (f.vendor.value, f.key)):
@@ -360,14 +363,17 @@ class DrmBackend:
     def read(self, device: GPUDeviceInfo) -> GPUMetrics:
         card = self._card(device)
         now = self._clock()
-        if card.kind == "amdgpu":
-            fields = self._read_amdgpu(card)
-        elif card.kind == "kgsl":
-            fields = self._read_kgsl(card)
-        else:
-            fields = self._read_intel(card, now)
-        if card.shared_memory:
-            fields.update(self._shared_memory(card))
+        try:
+            if card.kind == "amdgpu":
+                fields = self._read_amdgpu(card)
+            elif card.kind == "kgsl":
+                fields = self._read_kgsl(card)
+            else:
+                fields = self._read_intel(card, now)
+            if card.shared_memory:
+                fields.update(self._shared_memory(card))
+        except FileError as exc:  # a directory (hwmon, thermal zones) that cannot be listed
+            raise BackendError(f"drm: {card.label}: {exc}", "SysfsUnreadable") from None
         return GPUMetrics(device_id=device.device_id, timestamp=self._wall(), **fields)
 
     def _read_amdgpu(self, card: Card) -> dict[str, object]:
