@@ -524,3 +524,15 @@ def test_a_class_directory_that_cannot_be_listed_fails_discovery_with_the_reason
     with pytest.raises(BackendError) as caught:
         backend.discover()
     assert caught.value.reason == "SysfsUnreadable" and "class/kgsl" in str(caught.value)
+
+
+def test_an_unreadable_file_of_one_card_skips_that_card_only(tmp_path: Path) -> None:
+    root = two_card_node(tmp_path)
+    name = root / "sys/class/drm/card0/device/hwmon/hwmon4/name"
+    name.unlink()
+    name.mkdir()  # reading it fails
+    backend = backend_on(root)
+    (device,) = backend.discover()
+    assert device.device_id == "n1-intel-0"
+    (skipped,) = backend.skipped
+    assert skipped.where == "class/drm/card0" and "hwmon4/name: is a directory" in skipped.reason

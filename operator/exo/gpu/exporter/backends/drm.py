@@ -218,7 +218,7 @@ class DrmBackend:
             index = counts.get(item.vendor, 0)
             try:
                 card = self._identify(item, index)
-            except _Skip as why:
+            except (_Skip, FileError) as why:
                 known = self._known.get(item.key)
                 if known is None:
                     skipped.append(Skipped(item.card, str(why)))
@@ -272,11 +272,11 @@ class DrmBackend:
         uuid: str | None = None
         pci = item.uevent.get("PCI_SLOT_NAME")
         if item.kind == "amdgpu":
-            total = self._identity_int(item, f"{item.device}/mem_info_vram_total", "VRAM size")
-            name = self._optional_identity(item, f"{item.device}/product_name") or _pci_name(
+            total = self._identity_int(f"{item.device}/mem_info_vram_total", "VRAM size")
+            name = self._optional_identity(f"{item.device}/product_name") or _pci_name(
                 "AMD", item.uevent.get("PCI_ID")
             )
-            uuid = self._optional_identity(item, f"{item.device}/unique_id")
+            uuid = self._optional_identity(f"{item.device}/unique_id")
         elif item.kind in ("i915", "xe"):
             name = _pci_name("Intel", item.uevent.get("PCI_ID"))
             vram = self._xe_vram_size(item)
@@ -290,12 +290,12 @@ class DrmBackend:
             else:
                 total, shared = self._shared_total(), True
         else:
-            model = self._optional_identity(item, f"{item.device}/gpu_model")
+            model = self._optional_identity(f"{item.device}/gpu_model")
             name = f"Qualcomm {_adreno_name(model)}"
             total, shared = self._shared_total(), True
         if total <= 0:
             raise _Skip(f"memory size {total} is not positive")
-        numa = self._optional_identity(item, f"{item.device}/numa_node") if pci else None
+        numa = self._optional_identity(f"{item.device}/numa_node") if pci else None
         info = GPUDeviceInfo(
             device_id=device_name(self.node, item.vendor, index),
             vendor=item.vendor,
@@ -324,7 +324,7 @@ class DrmBackend:
             if re.fullmatch(r"tile\d+", entry):
                 rel = f"{item.device}/{entry}/physical_vram_size_bytes"
                 if self.sys.exists(rel):
-                    total += self._identity_int(item, rel, "VRAM size")
+                    total += self._identity_int(rel, "VRAM size")
         return total or None
 
     def _shared_total(self) -> int:
@@ -336,7 +336,7 @@ class DrmBackend:
             raise _Skip("shared memory: meminfo has no MemTotal")
         return meminfo["MemTotal"]
 
-    def _identity_int(self, item: _Found, rel: str, what: str) -> int:
+    def _identity_int(self, rel: str, what: str) -> int:
         try:
             return parse_int(self.sys.text(rel))
         except Missing:
@@ -344,7 +344,7 @@ class DrmBackend:
         except (FileError, ParseError) as exc:
             raise _Skip(f"{what} unreadable ({rel}: {exc})") from None
 
-    def _optional_identity(self, item: _Found, rel: str) -> str | None:
+    def _optional_identity(self, rel: str) -> str | None:
         try:
             return self.sys.optional_text(rel) or None
         except FileError:
