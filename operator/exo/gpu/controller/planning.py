@@ -339,7 +339,7 @@ def _full(workload: GPUWorkload, view: ClusterView, tasks: list[str], counted: b
         return Plan(INVALID, "InvalidSpec", str(error), mode="none")
     placements = _placements(view, result.assignments, result.scores, result.weights, spec,
                              counted)
-    excluded = {d: "; ".join(f"{r.code.value}: {r.message}" for r in rejections)
+    excluded = {d: "; ".join(f"{r.code}: {r.message}" for r in rejections)
                 for d, rejections in result.excluded.items()}
     message = _placed_message(placements, len(tasks))
     if excluded:
@@ -400,11 +400,13 @@ def _why_no_device(workload: GPUWorkload, view: ClusterView, task_count: int) ->
                 best_free is None or ranked.breakdown.free_memory_bytes > best_free[0]):
             best_free = (ranked.breakdown.free_memory_bytes, device)
         for rejection in ranked.rejections:
-            if rejection.code is not RejectionReason.SELECTOR_MISMATCH:
+            if rejection.code is not None and \
+                    rejection.code is not RejectionReason.SELECTOR_MISMATCH:
                 reasons[rejection.code.value] = reasons.get(rejection.code.value, 0) + 1
                 break
     summary = ", ".join(f"{n} {code}" for code, n in sorted(reasons.items()))
-    if min_memory and reasons and set(reasons) == {RejectionReason.INSUFFICIENT_MEMORY.value}:
+    if min_memory and reasons and set(reasons) <= {RejectionReason.INSUFFICIENT_MEMORY.value,
+                                                   RejectionReason.TOO_SMALL.value}:
         largest = (f" (the most free is {format_bytes(best_free[0])} on {best_free[1]})"
                    if best_free else "")
         return Plan(UNSCHEDULABLE, "InsufficientMemory",
