@@ -26,10 +26,11 @@ from typing import Any
 
 import click
 
+from ..fit import FitRequest
 from ..k8s.models import GROUP, VERSION
 from ..k8s.view import ClusterView
+from ..policy import DEFAULT_POLICY, SelectionPolicy
 from ..quantity import format_bytes
-from ..selector import DEFAULT_POLICY, SelectionPolicy
 from .planning import Plan
 
 
@@ -42,29 +43,26 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> st
 
 
 def device_rows(view: ClusterView, now: float) -> list[list[object]]:
-    """One row per device: name, node, vendor, model, memory, util, temp, score, state."""
+    """One row per device: name, node, vendor, model, memory, util, temp, score, state (Ready,
+    or why the core would not place anything there now)."""
     rows: list[list[object]] = []
+    anything = FitRequest()
     with view.lock:
         for name in sorted(view.devices):
             device = view.devices[name]
-            slot = view.slots_by_node.get(device.spec.node, {}).get(name)
+            state = view.state.device(name)
             metrics = device.status.metrics if device.status else None
             used = metrics.memory_used_bytes if metrics else None
             total = device.spec.memory_total_bytes
-            state = "Ready"
-            if slot is not None and slot.blocked:
-                state = slot.blocked.split(":", 1)[0]
-            elif slot is not None and slot.sample_time is not None and \
-                    slot.sample_time < view.stale_before(now):
-                state = "Stale"
+            verdict = view.state.fit(name, anything, now) if state is not None else None
             rows.append([
                 name, device.spec.node, device.spec.vendor.value, device.spec.model,
                 f"{(used or 0) / 2**30:.1f}/{total / 2**30:.1f} GiB" if used is not None
                 else f"-/{total / 2**30:.1f} GiB",
                 f"{metrics.compute_utilization_percent:.0f}%" if metrics else "-",
                 f"{metrics.temperature_celsius:.0f}C" if metrics else "-",
-                f"{slot.score:.2f}" if slot is not None and metrics else "-",
-                state,
+                f"{state.score:.2f}" if state is not None and metrics else "-",
+                "Ready" if verdict is None or verdict.reason is None else verdict.reason.value,
             ])
     return rows
 
