@@ -262,7 +262,7 @@ def run(options: ControllerOptions, sidecar: Sidecar | None = None) -> None:
     from exo.gpu.k8s.informer import Informer, freeze_long_lived
 
     from .api import LeaseElector
-    from .handlers import Controller, ControllerConfig
+    from .controller import Controller, ControllerConfig
     from .metrics import build_registry, serve
     from .runner import LeaderSettings, make_view, run_operator
 
