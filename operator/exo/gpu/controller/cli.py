@@ -221,8 +221,9 @@ def top_command(kubeconfig: str | None, output: str, sort: str) -> None:
 @click.option("--health-interval", default=10.0, show_default=True, type=float,
               help="Seconds between device heartbeat checks.")
 @click.option("--reporting-interval", default=DEFAULT_POLICY.reporting_interval_seconds,
-              show_default=True, type=float,
-              help="Exporter heartbeat; a device is stale after 3 of them without a write.")
+              show_default=True, type=click.FloatRange(5, 3600),
+              help="The exporters' --report-interval (their heartbeat): a device is stale after "
+                   "3 of them without a write.")
 @click.option("--history-size", default=2, show_default=True, type=click.IntRange(min=1),
               help="Metrics samples kept per device in the view (2-3 KiB each); the "
                    "decisions use the latest.")
@@ -249,6 +250,10 @@ class ControllerOptions:
     history_size: int
     log_level: str
 
+    def policy(self) -> SelectionPolicy:
+        """The selection policy: staleness derives from ``--reporting-interval``."""
+        return SelectionPolicy(reporting_interval_seconds=self.reporting_interval)
+
 
 #: Something else served from the controller's process and view (the scheduler extender):
 #: called with the view, the API client and ``ready()`` (view synced and this replica the
@@ -273,8 +278,7 @@ def run(options: ControllerOptions, sidecar: Sidecar | None = None) -> None:
     # kopf logs every handler run at INFO; only problems are worth a line per object.
     logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.root.level))
     api_client = _client(options.kubeconfig)
-    view = make_view(SelectionPolicy(reporting_interval_seconds=options.reporting_interval),
-                     options.history_size)
+    view = make_view(options.policy(), options.history_size)
     current: list[Controller] = []
     electors: list[LeaseElector] = []
 
