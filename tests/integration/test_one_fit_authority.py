@@ -10,20 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
-
-from exo.gpu.app import extender_sidecar
-from exo.gpu.controller.controller import Controller, ControllerConfig
-from exo.gpu.controller.runner import LeaderSettings, run_operator
-from exo.gpu.devcluster import LocalCluster, wait_for
-from exo.gpu.devcluster.cluster import extender_entry, free_port
-from exo.gpu.k8s.informer import Informer
-from exo.gpu.k8s.view import ClusterView
 from test_controller_integration import (
     GROUP,
     POLICY,
@@ -32,10 +23,22 @@ from test_controller_integration import (
     VERSION,
     Exporters,
     custom,
+    exporters,
     get_workload,
     owned_pods,
+    run_id,
     wait_phase,
 )
+
+from exo.gpu.app import extender_sidecar
+from exo.gpu.controller.controller import Controller, ControllerConfig
+from exo.gpu.controller.runner import LeaderSettings, run_operator
+from exo.gpu.devcluster import LocalCluster, wait_for
+from exo.gpu.devcluster.cluster import extender_entry, free_port
+from exo.gpu.k8s.informer import Informer
+from exo.gpu.k8s.view import ClusterView
+
+__all__ = ["exporters", "run_id"]  # fixtures shared with the controller's integration tests
 
 pytestmark = pytest.mark.cluster
 
@@ -90,18 +93,6 @@ class Composed:
         self.thread.join(timeout=30)
         assert not self.thread.is_alive(), "the controller did not stop"
         assert self.error is None, self.error
-
-
-@pytest.fixture
-def run_id() -> str:
-    return uuid.uuid4().hex[:6]
-
-
-@pytest.fixture
-def exporters(kube_cluster: LocalCluster, run_id: str) -> Iterator[Exporters]:
-    fleet = Exporters(kube_cluster, run_id)
-    yield fleet
-    fleet.close()
 
 
 @pytest.fixture
