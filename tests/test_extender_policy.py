@@ -330,7 +330,7 @@ class TestViewIdentity:
         view.apply_device(device("n", 0, util=20, age=-1))
         view.apply_device(device("n", 0, util=30, age=-2, cordoned=True))
         assert len(view.manager.get_metrics_history("n-nvidia-0")) == 2  # not re-registered
-        assert view.node_slots("n")["n-nvidia-0"].blocked[0].reason == "Cordoned"
+        assert view.node_slots("n")["n-nvidia-0"].blocked == ("Cordoned",)
 
     def test_a_new_identity_starts_over(self) -> None:
         view = view_of(device("n", 0, total=80 * GIB))

@@ -257,17 +257,17 @@ class TestDeviceState:
         dev = device(used=20 * GIB, reserved=30 * GIB, temp=82.5)
         expected = score_device(80 * GIB, 20 * GIB, 10.0, 82.5, 30 * GIB)
         assert dev.breakdown == expected and dev.score == expected.total
-        assert dev.free == 50 * GIB and dev.available and dev.hot is None
+        assert dev.free == 50 * GIB and dev.available and not dev.hot
         assert dev.fresh_until == NOW + DEFAULT_POLICY.stale_after_seconds
         dev.cordoned = True
         dev.refresh(DEFAULT_POLICY)
-        assert not dev.available and dev.blocked[0].reason is FitReason.CORDONED
+        assert not dev.available and dev.blocked == (FitReason.CORDONED,)
 
     def test_without_a_sample(self) -> None:
         dev = device(age=None, reserved=10 * GIB)
         assert dev.breakdown is None and dev.score == 0.0 and dev.priority == 0
         assert dev.free == 70 * GIB and dev.fresh_until == -math.inf
-        assert [r.reason for r in dev.blocked] == [FitReason.NO_METRICS]
+        assert dev.blocked == (FitReason.NO_METRICS,)
 
 
 # -- the ledger -------------------------------------------------------------------------------
@@ -352,3 +352,14 @@ def test_ledger_totals_match_a_recount(ops: list[tuple[str, str | None, int, str
 
 def test_fit_result_is_a_cheap_tuple() -> None:
     assert isinstance(FITS, tuple) and FitResult(FitReason.STALE).code is FitReason.STALE
+
+
+def test_a_new_state_is_what_refresh_makes_of_a_device_without_a_sample() -> None:
+    info = GPUDeviceInfo(device_id="d", vendor=Vendor.AMD, name="AMD Instinct MI300X",
+                         memory_total_bytes=192 * GIB)
+    fresh = DeviceState(info=info, capacity=resolve_compute_capacity(info))
+    refreshed = DeviceState(info=info, capacity=resolve_compute_capacity(info))
+    refreshed.refresh(DEFAULT_POLICY)
+    fields = ("breakdown", "free", "score", "priority", "blocked", "hot", "available",
+              "fresh_until")
+    assert [getattr(fresh, f) for f in fields] == [getattr(refreshed, f) for f in fields]

@@ -28,6 +28,7 @@ Rules the manager adds on top of its parts:
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -570,11 +571,24 @@ def _request(
             raise InvalidRequestError(
                 "request", "give either a request or min_memory_bytes/vendor/labels/predicate")
         return request
+    if labels is None and predicate is None and isinstance(vendor, Vendor | str | None) and \
+            isinstance(min_memory_bytes, int | None):
+        return _simple_request(min_memory_bytes, vendor)
     return SelectionRequest(
         min_memory_bytes=0 if min_memory_bytes is None else min_memory_bytes,
         vendor=vendor,  # type: ignore[arg-type]  # SelectionRequest parses strings
         labels=labels,
         predicate=predicate,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _simple_request(min_memory_bytes: int | None, vendor: Vendor | str | None) -> FitRequest:
+    """The request of a call with nothing but a size and a vendor (the common seed call), built
+    once per distinct pair: requests are immutable."""
+    return SelectionRequest(
+        min_memory_bytes=0 if min_memory_bytes is None else min_memory_bytes,
+        vendor=vendor,  # type: ignore[arg-type]  # SelectionRequest parses strings
     )
 
 

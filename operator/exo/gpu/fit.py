@@ -48,7 +48,7 @@ must be added there too (the property test compares the two).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Generic, NamedTuple, Protocol, TypeVar
@@ -303,39 +303,47 @@ class FitSubject(Protocol):
     @property
     def sample_time(self) -> float | None: ...
     @property
+    def temperature(self) -> float | None: ...
+    @property
+    def ready_detail(self) -> str: ...
+    @property
     def fresh_until(self) -> float: ...
     @property
-    def blocked(self) -> tuple[FitResult, ...]: ...
+    def blocked(self) -> tuple[FitReason, ...]: ...
     @property
-    def hot(self) -> FitResult | None: ...
+    def hot(self) -> bool: ...
     @property
     def available(self) -> bool: ...
 
 
 S = TypeVar("S", bound=FitSubject)
 
+#: Every combination of the clock-independent device rules, in rule order (no allocation).
+_BLOCKED: dict[tuple[bool, bool, bool], tuple[FitReason, ...]] = {
+    (cordoned, not_ready, no_metrics): tuple(
+        reason for reason, holds in ((FitReason.CORDONED, cordoned),
+                                     (FitReason.NOT_READY, not_ready),
+                                     (FitReason.NO_METRICS, no_metrics)) if holds)
+    for cordoned in (False, True) for not_ready in (False, True) for no_metrics in (False, True)
+}
 
-def device_verdict(device_id: str, cordoned: bool, ready: bool, has_metrics: bool,
-                   temperature_celsius: float | None, policy: SelectionPolicy = DEFAULT_POLICY,
-                   ready_detail: str = "") -> tuple[tuple[FitResult, ...], FitResult | None]:
-    """The request-independent rules that do not depend on the clock: (``Cordoned``,
-    ``NotReady``, ``NoMetrics`` that hold, in order) and ``TooHot`` (or None)."""
-    blocked: tuple[FitResult, ...] = ()
-    if cordoned or not ready or not has_metrics:
-        found = []
-        if cordoned:
-            found.append(FitResult(FitReason.CORDONED, device_id))
-        if not ready:
-            found.append(FitResult(FitReason.NOT_READY, device_id, detail=ready_detail))
-        if not has_metrics:
-            found.append(FitResult(FitReason.NO_METRICS, device_id))
-        blocked = tuple(found)
-    hot = None
-    if too_hot(temperature_celsius, policy):
-        assert temperature_celsius is not None
-        hot = FitResult(FitReason.TOO_HOT, device_id, value=temperature_celsius,
-                        limit=policy.thermal_max_celsius)
-    return blocked, hot
+
+def device_verdict(cordoned: bool, ready: bool, has_metrics: bool,
+                   temperature_celsius: float | None,
+                   policy: SelectionPolicy = DEFAULT_POLICY) -> tuple[tuple[FitReason, ...], bool]:
+    """The request-independent rules that do not depend on the clock: which of ``Cordoned``,
+    ``NotReady`` and ``NoMetrics`` hold (in order), and whether ``TooHot`` does."""
+    return _BLOCKED[cordoned, not ready, not has_metrics], too_hot(temperature_celsius, policy)
+
+
+def _device_result(device: FitSubject, reason: FitReason, policy: SelectionPolicy) -> FitResult:
+    """The result of one of the device rules, with its numbers."""
+    if reason is FitReason.NOT_READY:
+        return FitResult(reason, device.device_id, detail=device.ready_detail)
+    if reason is FitReason.TOO_HOT:
+        return FitResult(reason, device.device_id, value=device.temperature or 0.0,
+                         limit=policy.thermal_max_celsius)
+    return FitResult(reason, device.device_id)
 
 
 def held_by_others(device: FitSubject, request: FitRequest) -> int:
@@ -365,18 +373,19 @@ def _rules(device: FitSubject, request: FitRequest, now: float | None,
         out.append(FitResult(FitReason.NOT_PLANNED, name, detail=",".join(sorted(planned))))
         if not every:
             return out
-    if device.blocked:
+    blocked = device.blocked
+    if blocked:
         if not every:
-            return [device.blocked[0]]
-        out.extend(device.blocked)
+            return [_device_result(device, blocked[0], policy)]
+        out.extend(_device_result(device, reason, policy) for reason in blocked)
     sample_time = device.sample_time
     if now is not None and sample_time is not None and device.fresh_until < now:
         out.append(FitResult(FitReason.STALE, name, value=now - sample_time,
                              limit=policy.stale_after_seconds))
         if not every:
             return out
-    if device.hot is not None:
-        out.append(device.hot)
+    if device.hot:
+        out.append(_device_result(device, FitReason.TOO_HOT, policy))
         if not every:
             return out
     info = device.info
@@ -406,7 +415,12 @@ def _rules(device: FitSubject, request: FitRequest, now: float | None,
     if sample_time is None:
         return out  # free memory is unknown without a sample (NoMetrics says so)
     total = info.memory_total_bytes
-    others = held_by_others(device, request) if reserved is None else reserved
+    if reserved is not None:
+        others = reserved
+    elif request.workload is None or device.held is None:
+        others = device.reserved
+    else:
+        others = held_by_others(device, request)
     if request.whole_device:
         if others > 0:
             out.append(FitResult(FitReason.IN_USE, name, total_bytes=total,
@@ -497,11 +511,3 @@ def choose(devices: Sequence[S], request: FitRequest, now: float | None,
             rejections.append(found[0])
     return Choice(chosen, tuple(rejections))
 
-
-def first_reasons(results: Iterable[FitResult]) -> dict[FitReason, int]:
-    """How many devices each reason refused (for "none of N devices is eligible" messages)."""
-    counts: dict[FitReason, int] = {}
-    for result in results:
-        if result.reason is not None:
-            counts[result.reason] = counts.get(result.reason, 0) + 1
-    return counts

@@ -30,7 +30,9 @@ __all__ = [
     "extender_score",
     "free_memory_bytes",
     "fresh_until",
+    "priority",
     "score_device",
+    "score_sample",
     "stale",
     "thermal_penalty",
     "too_hot",
@@ -170,8 +172,9 @@ def stale(timestamp: float, now: float | None,
 
 def fresh_until(timestamp: float, policy: SelectionPolicy | float = DEFAULT_POLICY) -> float:
     """The last moment a sample taken at ``timestamp`` still counts as fresh."""
-    limit = policy.stale_after_seconds if isinstance(policy, SelectionPolicy) else policy
-    return timestamp + limit
+    if isinstance(policy, SelectionPolicy):
+        return timestamp + policy.stale_after_seconds
+    return timestamp + policy
 
 
 def score_device(
@@ -204,6 +207,15 @@ def score_device(
         raise InvalidMetricsError("compute_utilization_percent", "must be a finite number")
     if temperature_celsius is not None and not _finite(temperature_celsius):
         raise InvalidMetricsError("temperature_celsius", "must be a finite number")
+    return score_sample(memory_total_bytes, memory_used_bytes, compute_utilization_percent,
+                        temperature_celsius, reserved_bytes, policy)
+
+
+def score_sample(memory_total_bytes: int, memory_used_bytes: int,
+                 compute_utilization_percent: float, temperature_celsius: float | None,
+                 reserved_bytes: int, policy: SelectionPolicy) -> ScoreBreakdown:
+    """``score_device`` for figures already validated (a ``GPUMetrics`` sample's): the same
+    formula without the checks, for the path every sample takes."""
     free = free_memory_bytes(memory_total_bytes, memory_used_bytes, reserved_bytes)
     memory_fraction = free / memory_total_bytes if memory_total_bytes > 0 else 0.0
     utilization = min(max(compute_utilization_percent, 0.0), 100.0)
@@ -218,4 +230,9 @@ def extender_score(total: float, max_priority: int = 10) -> int:
     """Map a 0..1 score to the extender's integer priority 0..``max_priority`` (round half up)."""
     if not _finite(total):
         return 0
+    return priority(total, max_priority)
+
+
+def priority(total: float, max_priority: int = 10) -> int:
+    """``extender_score`` of a score known to be finite (every ``ScoreBreakdown.total``)."""
     return min(max_priority, max(0, int(total * max_priority + 0.5)))

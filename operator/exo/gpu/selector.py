@@ -123,12 +123,11 @@ class DeviceSelector:
             if existing.info == info:
                 return
             raise DeviceConflictError(info.device_id, identity_differences(existing.info, info))
-        state = DeviceState(
+        state = DeviceState(  # as refresh() leaves a device without a sample
             info=info,
             capacity=capacity if capacity is not None else resolve_compute_capacity(info),
             labels=dict(labels) if labels else {},
         )
-        state.refresh(self.policy)
         self._states[info.device_id] = state
         self._capacity_values[info.device_id] = state.capacity.value
 

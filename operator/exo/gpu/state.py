@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 
 from exo.gpu.capabilities import CapacityEstimate
 from exo.gpu.errors import InvalidRequestError
-from exo.gpu.fit import FitResult, device_verdict
+from exo.gpu.fit import FitReason, device_verdict
 from exo.gpu.policy import (
     ScoreBreakdown,
     SelectionPolicy,
-    extender_score,
     free_memory_bytes,
     fresh_until,
-    score_device,
+    priority,
+    score_sample,
 )
 from exo.gpu.telemetry_protocol import GPUDeviceInfo, GPUMetrics
 
@@ -45,7 +45,11 @@ __all__ = ["DeviceState", "Ledger", "Reservation"]
 
 @dataclass(slots=True, eq=False)
 class DeviceState:
-    """One device as decisions see it. Inputs are set by the owner, then :meth:`refresh`."""
+    """One device as decisions see it. Inputs are set by the owner, then :meth:`refresh`.
+
+    A new state already holds what :meth:`refresh` derives for a device that has not reported
+    (no sample, so ``NoMetrics``); set any other input, then refresh.
+    """
 
     info: GPUDeviceInfo
     capacity: CapacityEstimate
@@ -60,14 +64,14 @@ class DeviceState:
     held: dict[str, int] | None = None
     # -- derived by refresh() ------------------------------------------------------------
     device_id: str = field(init=False)
-    node: str = field(init=False)
     breakdown: ScoreBreakdown | None = field(default=None, init=False)
     free: int = field(default=0, init=False)
     score: float = field(default=0.0, init=False)
     #: ``score`` as kube-scheduler's integer extender priority 0..10.
     priority: int = field(default=0, init=False)
-    blocked: tuple[FitResult, ...] = field(default=(), init=False)
-    hot: FitResult | None = field(default=None, init=False)
+    #: The request-independent verdict: which of Cordoned, NotReady, NoMetrics hold, TooHot.
+    blocked: tuple[FitReason, ...] = field(default=(FitReason.NO_METRICS,), init=False)
+    hot: bool = field(default=False, init=False)
     #: Nothing but staleness (judged at query time against ``fresh_until``) stands in the way.
     available: bool = field(default=False, init=False)
     fresh_until: float = field(default=-math.inf, init=False)
@@ -77,11 +81,16 @@ class DeviceState:
 
     def __post_init__(self) -> None:
         self.device_id = self.info.device_id
-        self.node = self.info.node or ""
+        self.free = free_memory_bytes(self.info.memory_total_bytes, 0, self.reserved)
 
     @property
-    def total(self) -> int:
-        return self.info.memory_total_bytes
+    def node(self) -> str:
+        return self.info.node or ""
+
+    @property
+    def sample_time(self) -> float | None:
+        """The latest sample's time (None before the first)."""
+        return self.metrics.timestamp if self.metrics is not None else None
 
     @property
     def used(self) -> int:
@@ -89,8 +98,12 @@ class DeviceState:
         return self.metrics.memory_used_bytes if self.metrics is not None else 0
 
     @property
-    def sample_time(self) -> float | None:
-        return self.metrics.timestamp if self.metrics is not None else None
+    def temperature(self) -> float | None:
+        return self.metrics.temperature_celsius if self.metrics is not None else None
+
+    @property
+    def total(self) -> int:
+        return self.info.memory_total_bytes
 
     @property
     def vendor(self) -> str:
@@ -107,7 +120,6 @@ class DeviceState:
     def set_info(self, info: GPUDeviceInfo) -> None:
         self.info = info
         self.device_id = info.device_id
-        self.node = info.node or ""
 
     def refresh(self, policy: SelectionPolicy) -> None:
         """Recompute every derived field from the inputs, through the core's rules."""
@@ -123,18 +135,18 @@ class DeviceState:
             # A None temperature (not reported by the hardware) means no thermal penalty and
             # never TooHot: score_device and device_verdict both take it as it comes.
             temperature = metrics.temperature_celsius
-            breakdown = score_device(total, metrics.memory_used_bytes,
+            # A validated sample: score_device's formula without its checks.
+            breakdown = score_sample(total, metrics.memory_used_bytes,
                                      metrics.compute_utilization_percent, temperature,
                                      self.reserved, policy)
             self.breakdown = breakdown
             self.free = breakdown.free_memory_bytes
             self.score = breakdown.total
             self.fresh_until = fresh_until(metrics.timestamp, policy)
-        self.priority = extender_score(self.score)
-        self.blocked, self.hot = device_verdict(self.device_id, self.cordoned, self.ready,
-                                                metrics is not None, temperature, policy,
-                                                self.ready_detail)
-        self.available = not self.blocked and self.hot is None
+        self.priority = priority(self.score)
+        self.blocked, self.hot = device_verdict(self.cordoned, self.ready, metrics is not None,
+                                                temperature, policy)
+        self.available = not self.blocked and not self.hot
 
 
 @dataclass(frozen=True, slots=True)
