@@ -230,3 +230,20 @@ class TestHolds:
         assert view.reserved_by_device == {"n1-nvidia-0": 80 * GIB}
         controller.forget_workload("uid-1")
         assert view.reserved_by_device == {}
+
+    def test_reconciling_an_unchanged_plan_moves_nothing(self, view: ClusterView) -> None:
+        controller = Controller(view=view, api=FakeAPI())  # type: ignore[arg-type]
+        body = wl_body({"tasks": 2, "template": TEMPLATE})
+        controller.reconcile(body)
+        generation = view.generation
+        controller.reconcile(body)  # same holds: cached extender verdicts stay valid
+        assert view.generation == generation
+
+    def test_a_new_leadership_term_releases_holds_it_never_recorded(
+            self, view: ClusterView) -> None:
+        first = Controller(view=view, api=FakeAPI())  # type: ignore[arg-type]
+        first.reconcile(wl_body({"tasks": 1, "template": TEMPLATE}))
+        assert view.reserved_by_device
+        second = Controller(view=view, api=FakeAPI())  # type: ignore[arg-type]
+        second.forget_workload("uid-1", "ns/w")  # the deletion event names the workload
+        assert view.reserved_by_device == {}

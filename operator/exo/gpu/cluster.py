@@ -158,7 +158,9 @@ class ClusterState:
         """Make ``holds`` (device -> bytes) what the workload's planned tasks hold."""
         self._refresh(self.ledger.set_plan(workload, holds))
 
-    def _refresh(self, touched: Iterable[str]) -> None:
+    def _refresh(self, touched: set[str]) -> None:
+        if not touched:
+            return  # nothing moved: results cached against the generation stay exact
         nodes = set()
         for name in touched:
             if name in self._devices:

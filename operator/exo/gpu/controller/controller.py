@@ -117,9 +117,12 @@ class Controller:
             written.get("observedGeneration") == metadata.get("generation") and \
             plain(body.get("status") or {}) == written
 
-    def forget_workload(self, uid: str) -> None:
-        """The workload is gone: drop what is cached of it and release what its plan held."""
-        key = self.keys.pop(uid, None)
+    def forget_workload(self, uid: str, key: str | None = None) -> None:
+        """The workload is gone: drop what is cached of it and release what its plan held.
+
+        ``key`` (``namespace/name``, from the deleted object) releases the holds even of a
+        workload this controller never reconciled (planned in an earlier leadership term)."""
+        key = self.keys.pop(uid, None) or key
         if key is not None:
             self.view.set_plan_holds(key, {})
         for table in (self.workloads, self.written, self.pods, self._locks):

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..k8s.models import GROUP, VERSION
+from ..k8s.view import workload_key
 from ..k8s.workload import PLURAL
 from .controller import Controller
 from .pods import LABEL_WORKLOAD
@@ -35,9 +36,11 @@ def build_registry(controller: Controller) -> Any:
         # (MODIFIED with a new generation) all arrive here; the echo of our own status write is
         # skipped. No diff-base or progress annotations are written, and no finalizer is added:
         # pods go with the workload through their owner references.
-        uid = (body.get("metadata") or {}).get("uid", "")
+        metadata = body.get("metadata") or {}
+        uid = metadata.get("uid", "")
         if type == "DELETED":
-            controller.forget_workload(uid)
+            controller.forget_workload(uid, workload_key(metadata.get("namespace"),
+                                                         metadata.get("name", "")))
             return
         controller.observe_workload(body)
         if controller.is_echo(body):
