@@ -45,7 +45,7 @@ from exo.gpu.telemetry_protocol import GPUDeviceInfo
 from ..k8s.view import ClusterView, device_labels, workload_key
 from ..k8s.workload import GPUWorkload, GPUWorkloadSpec, Placement
 from ..quantity import format_bytes
-from .reasons import PlanMode, Reason, WorkloadPhase
+from .reasons import PlanMode, PodPhase, Reason, WorkloadPhase
 
 PLACED = WorkloadPhase.PLACED
 UNSCHEDULABLE = WorkloadPhase.UNSCHEDULABLE
@@ -473,10 +473,10 @@ def rollup(pod_phases: Iterable[str | None]) -> tuple[WorkloadPhase, str]:
     detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     if not phases:
         return PLACED, "no pods"
-    if counts.get("Failed"):
+    if counts.get(PodPhase.FAILED):
         return WorkloadPhase.FAILED, f"pods: {detail}"
-    if counts.get("Succeeded", 0) == len(phases):
+    if counts.get(PodPhase.SUCCEEDED, 0) == len(phases):
         return WorkloadPhase.SUCCEEDED, f"pods: {detail}"
-    if counts.get("Succeeded", 0) + counts.get("Running", 0) == len(phases):
+    if counts.get(PodPhase.SUCCEEDED, 0) + counts.get(PodPhase.RUNNING, 0) == len(phases):
         return WorkloadPhase.RUNNING, f"pods: {detail}"
     return PLACED, f"pods: {detail}"

@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from ..k8s.workload import WorkloadPhase
 
-__all__ = ["ConditionType", "EventType", "PlanMode", "Reason", "WorkloadPhase"]
+__all__ = ["ConditionType", "EventType", "PlanMode", "PodPhase", "Reason", "WorkloadPhase"]
 
 
 class ConditionType(StrEnum):
@@ -63,3 +63,13 @@ class PlanMode(StrEnum):
     PARTIAL = "partial"
     FULL = "full"
     NONE = "none"
+
+
+class PodPhase(StrEnum):
+    """A pod's ``status.phase`` (Kubernetes' values), as the controller reads its pods."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    UNKNOWN = "Unknown"

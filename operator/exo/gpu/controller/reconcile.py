@@ -43,7 +43,7 @@ from ..k8s.workload import GPUWorkloadStatus
 from . import planning
 from .planning import Plan, PlannedPlacement
 from .pods import build_pod
-from .reasons import ConditionType, EventType, Reason, WorkloadPhase
+from .reasons import ConditionType, EventType, PodPhase, Reason, WorkloadPhase
 
 __all__ = ["Decision", "Event", "PodInfo", "decide"]
 
@@ -52,7 +52,6 @@ _FOLLOWED = (WorkloadPhase.PLACED, WorkloadPhase.RUNNING)
 _PODS_READY_REASON = {WorkloadPhase.RUNNING: Reason.PODS_RUNNING,
                       WorkloadPhase.SUCCEEDED: Reason.PODS_SUCCEEDED,
                       WorkloadPhase.FAILED: Reason.POD_FAILED}
-_POD_DONE = ("Succeeded", "Failed")
 
 
 @dataclass(frozen=True)
@@ -132,12 +131,16 @@ def decide(body: Mapping[str, Any], current: Mapping[str, Any],
             message = f"{message}; {pods_message}"
             if not phase.terminal:
                 holding = [placement for pod, placement in desired.items()
-                           if pod not in live or live[pod].phase not in _POD_DONE]
+                           if pod not in live or not _done(live[pod].phase)]
     decision = _decision(body, current, status, plan, placements, phase, message, generation,
                          now, template)
     return Decision(phase=decision.phase, status=decision.status, create=tuple(create),
                     delete=tuple(delete), events=decision.events,
                     holds=planning.plan_holds(workload, view, holding), plan=plan)
+
+
+def _done(phase: str | None) -> bool:
+    return phase in (PodPhase.SUCCEEDED, PodPhase.FAILED)
 
 
 def _decision(body: Mapping[str, Any], current: Mapping[str, Any], status: GPUWorkloadStatus,
