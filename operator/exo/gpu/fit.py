@@ -29,8 +29,9 @@ reason               holds when                                              pre
                      after what others hold) is below the requested amount
 ==================== ======================================================= ===========
 
-The first five depend only on the device (and, for ``Stale``, the clock): ``exo.gpu.state``
-computes them when the device changes (:func:`device_verdict`), so a request costs the rest.
+``Cordoned``, ``NotReady``, ``NoMetrics``, ``Stale`` and ``TooHot`` depend only on the device
+(and, for ``Stale``, the clock): ``exo.gpu.state`` computes them when the device changes
+(:func:`device_verdict`, and the moment the sample goes stale), so a request costs the rest.
 
 *Others* hold: every reservation on the device (pods bound to it, pods planned on it, planned
 tasks of workloads) except those of the request's own workload (``FitRequest.workload``): a pod
@@ -38,11 +39,18 @@ of a workload may take the memory its workload's plan holds for it, and a replan
 may reuse what the workload holds. The planner and the extender therefore agree on every device
 (``tests/test_fit_agreement.py``).
 
-Extension: a new rule is a new ``FitReason`` member (with its place in the order, its
-``resolvable`` flag and its sentence in :meth:`FitResult.message`) and one check in
-:func:`_rules`; a new request field goes on :class:`FitRequest`. ``choose`` keeps a fast path
-for the common request (a memory size and nothing else); a rule that applies to such requests
-must be added there too (the property test compares the two).
+Extension:
+
+- a new rule (ECC errors, a precision the device lacks) is a ``FitReason`` member with its place
+  in the order, its ``resolvable``/``device_failed``/``memory`` classes and its sentence in
+  :meth:`FitResult.message`, plus one check in :func:`_rules` (in :func:`device_verdict` when it
+  depends on the device alone), and a field of :class:`FitRequest` when the request names it;
+- ``choose`` keeps a fast path for the common request (a memory size and nothing else,
+  ``FitRequest.simple``); a request field that a rule reads must make the request not simple, or
+  the rule must be added to the fast path too (``tests/test_fit.py`` compares the two);
+- anything with the attributes of :class:`FitSubject` can be judged (a simulator's own device
+  records); ``FitRequest.devices`` and :func:`choose` take N devices together, the place for
+  device sets and topology.
 """
 
 from __future__ import annotations
