@@ -202,6 +202,10 @@ def test_schema_refuses_a_typo(setting: str, path: str) -> None:
     ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
     ("json:exporter.nodeSelector={\"a\":1}", "/exporter/nodeSelector/a"),
     ("scheduler.schedulerName=Bad_Name", "/scheduler/schedulerName"),
+    ("reportingInterval=0", "/reportingInterval"),
+    ("reportingInterval=4", "/reportingInterval"),
+    ("reportingInterval=7200", "/reportingInterval"),
+    ("json:reportingInterval=\"30s\"", "/reportingInterval"),
 ])
 def test_schema_refuses_a_bad_value(setting: str, field: str) -> None:
     result = template_text(setting, check=False)
@@ -454,6 +458,21 @@ def test_container_command_lines_are_accepted_by_the_cli(sets: tuple[str, ...]) 
             command.make_context(subcommand, list(args), resilient_parsing=False)
             seen.add(subcommand)
     assert seen == {"exporter", "controller"}
+
+
+@pytest.mark.parametrize(("sets", "seconds"), [((), "30"), (("reportingInterval=45",), "45")])
+def test_one_reporting_interval_feeds_the_exporter_and_the_controller(
+        sets: tuple[str, ...], seconds: str) -> None:
+    """The exporter's heartbeat and the controller's staleness limit are one value."""
+    flags = {}
+    for where, spec in pod_specs(render(*sets)):
+        for container in spec["containers"]:
+            for arg in container.get("args") or []:
+                for flag in ("--report-interval=", "--reporting-interval="):
+                    if arg.startswith(flag):
+                        flags[(where.split("/")[0], flag)] = arg[len(flag):]
+    assert flags == {("DaemonSet", "--report-interval="): seconds,
+                     ("Deployment", "--reporting-interval="): seconds}
 
 
 def test_probes_and_services_point_at_declared_ports() -> None:

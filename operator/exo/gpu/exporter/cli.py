@@ -15,13 +15,14 @@ import json
 import logging
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 from pydantic import ValidationError
 
-from .agent import AgentConfig, DeviceAgent
+from .agent import DEFAULT_POLICY, AgentConfig, DeviceAgent
 from .backends import (
     BACKEND_NAMES,
     Backend,
@@ -92,6 +93,15 @@ from .server import start_server
     help="Seconds between backend polls.",
 )
 @click.option(
+    "--report-interval",
+    type=click.FloatRange(5, 3600),
+    default=DEFAULT_POLICY.heartbeat_s,
+    show_default=True,
+    envvar="EXO_GPU_REPORT_INTERVAL",
+    help="Seconds between status writes of an unchanged device (the heartbeat). The controller's "
+    "--reporting-interval must be the same: a device is stale after 3 of them without a write.",
+)
+@click.option(
     "--call-timeout",
     type=click.FloatRange(0.05, 60),
     default=2.0,
@@ -132,6 +142,7 @@ def command(
     fleet: Path | None,
     fleet_start: float | None,
     poll_interval: float,
+    report_interval: float,
     call_timeout: float,
     vanish_grace: float,
     kubeconfig: Path | None,
@@ -177,7 +188,12 @@ def command(
     except (ValueError, OSError, KeyError) as exc:
         guarded.close()
         raise click.ClickException(f"kubeconfig: {exc}") from exc
-    config = AgentConfig(node=node, poll_interval_s=poll_interval, vanish_grace_s=vanish_grace)
+    config = AgentConfig(
+        node=node,
+        poll_interval_s=poll_interval,
+        vanish_grace_s=vanish_grace,
+        policy=replace(DEFAULT_POLICY, heartbeat_s=report_interval),
+    )
     asyncio.run(_serve(config, guarded, kube, metrics_host, metrics_port, requested=backend))
 
 

@@ -15,9 +15,12 @@ from typing import Any
 
 import click
 
+from exo.gpu.policy import DEFAULT_POLICY, SelectionPolicy
+
 
 async def serve(kubeconfig: str | None, host: str, port: int, tls_cert: str | None,
-                tls_key: str | None, stop: asyncio.Event | None = None) -> None:
+                tls_key: str | None, stop: asyncio.Event | None = None,
+                reporting_interval: float = DEFAULT_POLICY.reporting_interval_seconds) -> None:
     from kubernetes import client, config
 
     from exo.gpu.k8s.informer import Informer
@@ -32,7 +35,7 @@ async def serve(kubeconfig: str | None, host: str, port: int, tls_cert: str | No
     else:
         config.load_incluster_config(client_configuration=configuration)
     api = client.ApiClient(configuration)
-    view = ClusterView()
+    view = ClusterView(policy=SelectionPolicy(reporting_interval_seconds=reporting_interval))
     informer = Informer(view, api).start()
     binder = Binder(view, bind_client(kubeconfig))
     server = ExtenderServer(view, binder, ready=informer.synced.is_set)
@@ -77,10 +80,15 @@ async def _freeze_after_sync(informer: Any) -> None:
 @click.option("--port", default=8888, show_default=True, type=int)
 @click.option("--tls-cert", default=None, help="Serve HTTPS with this certificate (PEM).")
 @click.option("--tls-key", default=None, help="Private key of --tls-cert (PEM).")
+@click.option("--reporting-interval", default=DEFAULT_POLICY.reporting_interval_seconds,
+              show_default=True, type=click.FloatRange(5, 3600),
+              help="The exporters' --report-interval: a device is stale after 3 of them "
+                   "without a write.")
 @click.option("--log-level", default="INFO", show_default=True)
 def command(kubeconfig: str | None, host: str, port: int, tls_cert: str | None,
-            tls_key: str | None, log_level: str) -> None:
+            tls_key: str | None, reporting_interval: float, log_level: str) -> None:
     """Serve kube-scheduler's extender verbs (filter, prioritize, bind) for GPU pods."""
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(serve(kubeconfig, host, port, tls_cert, tls_key))
+    asyncio.run(serve(kubeconfig, host, port, tls_cert, tls_key,
+                      reporting_interval=reporting_interval))
