@@ -22,6 +22,8 @@ reason               holds when                                              pre
 ``VendorMismatch``   not the requested vendor                                no
 ``SelectorMismatch`` its labels fail the request's labels or selector, or    no
                      the request's predicate refuses it
+``OutsideDomain``    its node is not in the topology domain the request is   no
+                     packed into (``FitRequest.nodes``)
 ``TooSmall``         its total memory is below the requested amount          no
 ``InUse``            the request is for the whole device and others hold     yes
                      some of it
@@ -49,8 +51,16 @@ Extension:
   ``FitRequest.simple``); a request field that a rule reads must make the request not simple, or
   the rule must be added to the fast path too (``tests/test_fit.py`` compares the two);
 - anything with the attributes of :class:`FitSubject` can be judged (a simulator's own device
-  records); ``FitRequest.devices`` and :func:`choose` take N devices together, the place for
-  device sets and topology.
+  records).
+
+Device sets and links: :func:`choose` takes ``FitRequest.devices`` devices of one node together.
+Given the node's links (``topology``, an ``exo.gpu.topology.NodeTopology``) it collects every
+device that fits and takes the set with the best links (``exo.gpu.topology.best_set``); a
+one-device request takes the fitting device whose removal breaks the fewest good sets
+(``exo.gpu.topology.isolation_cost``). Preferred affinity (``FitRequest.prefer``) comes first in
+both. Without links and preferences it keeps the first devices that fit, best score first.
+:func:`choice_rank` is what a node is worth to a request given its choice (the extender's
+priority, the planner's order of nodes for a set).
 """
 
 from __future__ import annotations
@@ -62,8 +72,9 @@ from enum import StrEnum
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from exo.gpu.errors import InvalidRequestError
-from exo.gpu.policy import DEFAULT_POLICY, SelectionPolicy, free_memory_bytes, too_hot
+from exo.gpu.policy import DEFAULT_POLICY, SelectionPolicy, free_memory_bytes, priority, too_hot
 from exo.gpu.telemetry_protocol import GPUDeviceInfo, Vendor
+from exo.gpu.topology import NodeTopology, SetScore, best_set, isolation_cost, set_score
 
 __all__ = [
     "FITS",
@@ -73,6 +84,9 @@ __all__ = [
     "FitResult",
     "FitSubject",
     "LabelMatcher",
+    "Preference",
+    "choice_priority",
+    "choice_rank",
     "choose",
     "device_verdict",
     "explain",
@@ -95,6 +109,7 @@ class FitReason(StrEnum):
     TOO_HOT = "TooHot"
     VENDOR_MISMATCH = "VendorMismatch"
     SELECTOR_MISMATCH = "SelectorMismatch"
+    OUTSIDE_DOMAIN = "OutsideDomain"
     TOO_SMALL = "TooSmall"
     IN_USE = "InUse"
     INSUFFICIENT_MEMORY = "InsufficientMemory"
@@ -179,7 +194,7 @@ class FitResult(NamedTuple):
                     "limit")
         if reason is FitReason.VENDOR_MISMATCH:
             return f"vendor {self.detail}"
-        if reason is FitReason.SELECTOR_MISMATCH:
+        if reason is FitReason.SELECTOR_MISMATCH or reason is FitReason.OUTSIDE_DOMAIN:
             return self.detail
         if reason is FitReason.TOO_SMALL:
             return (f"{_gib(self.total_bytes)} in all, {_gib(self.requested_bytes)} "
@@ -208,6 +223,19 @@ class LabelMatcher(Protocol):
     def describe(self) -> str: ...
 
 
+class Preference(Protocol):
+    """Preferred affinity (``exo.gpu.k8s.workload.DeviceAffinity`` is one): weighted terms over
+    a device's labels. ``weight`` sums the weights of the terms the labels match; ``total`` is
+    the sum of every term's weight."""
+
+    def weight(self, labels: dict[str, str]) -> int: ...
+
+    @property
+    def total(self) -> int: ...
+
+    def describe(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class FitRequest:
     """What a pod or a workload asks of a device. Every field is optional.
@@ -222,6 +250,9 @@ class FitRequest:
     - ``devices``: how many devices one request takes together (a pod asking for N GPUs).
     - ``workload``: ``namespace/name`` of the workload the request is for; what that workload
       already holds does not count against it.
+    - ``prefer``: preferred affinity: which of the devices that fit come first.
+    - ``nodes``: the nodes of the topology domain the request is packed into (``domain`` names
+      it, for the ``OutsideDomain`` message).
 
     The first four fields are the seed's ``SelectionRequest`` (an alias of this class).
     """
@@ -235,6 +266,9 @@ class FitRequest:
     planned: frozenset[str] | None = None
     devices: int = 1
     workload: str | None = None
+    prefer: Preference | None = None
+    nodes: frozenset[str] | None = None
+    domain: str = ""
     #: Set by __post_init__: the request has nothing but a memory size (the fast path).
     simple: bool = field(default=False, init=False, compare=False, repr=False)
     #: Set by __post_init__: nothing but a vendor (any available device of it qualifies).
@@ -270,8 +304,11 @@ class FitRequest:
         if self.workload is not None and not (isinstance(self.workload, str) and self.workload):
             raise InvalidRequestError("workload", f"must be a non-empty string, got "
                                                   f"{self.workload!r}")
+        if self.nodes is not None and not isinstance(self.nodes, frozenset):
+            object.__setattr__(self, "nodes", frozenset(self.nodes))
         plain = not self.whole_device and self.labels is None and self.selector is None \
-            and self.predicate is None and self.planned is None and self.workload is None
+            and self.predicate is None and self.planned is None and self.workload is None \
+            and self.prefer is None and self.nodes is None
         object.__setattr__(self, "simple", plain and self.vendor is None)
         object.__setattr__(self, "trivial", plain and value == 0)
 
@@ -420,6 +457,11 @@ def _rules(device: FitSubject, request: FitRequest, now: float | None,
                              detail="excluded by the request's predicate"))
         if not every:
             return out
+    if request.nodes is not None and (info.node or "") not in request.nodes:
+        out.append(FitResult(FitReason.OUTSIDE_DOMAIN, name, detail=(
+            f"node {info.node} is outside {request.domain or 'the domain chosen for it'}")))
+        if not every:
+            return out
     if sample_time is None:
         return out  # free memory is unknown without a sample (NoMetrics says so)
     total = info.memory_total_bytes
@@ -471,12 +513,15 @@ def explain(device: FitSubject, request: FitRequest, now: float | None,
 class Choice(Generic[S]):
     """The devices a request would get among a sequence (a node's, best first), or why not.
 
-    ``devices`` holds at most ``request.devices`` entries: the search stops there.
-    ``rejections`` is filled only when there are fewer, with one result per refused device.
+    ``devices`` holds at most ``request.devices`` entries. ``rejections`` is filled only when
+    there are fewer, with one result per refused device. ``links`` is the chosen set's
+    ``exo.gpu.topology.set_score`` when the request takes several devices of a node whose
+    links were given.
     """
 
     devices: list[S]
     rejections: tuple[FitResult, ...] = ()
+    links: SetScore | None = None
 
     @property
     def resolvable(self) -> bool:
@@ -485,17 +530,28 @@ class Choice(Generic[S]):
 
 def choose(devices: Sequence[S], request: FitRequest, now: float | None,
            policy: SelectionPolicy = DEFAULT_POLICY,
-           reserved: Mapping[str, int] | None = None) -> Choice[S]:
-    """The first ``request.devices`` devices of ``devices`` that fit (keep them best first), or,
-    when there are not enough, every refusal.
+           reserved: Mapping[str, int] | None = None,
+           topology: NodeTopology | None = None) -> Choice[S]:
+    """The devices of ``devices`` (one node's, best score first) that ``request`` gets, or,
+    when fewer than ``request.devices`` fit, every refusal.
 
     ``reserved``: per device, what others hold instead of the ledger's figure (preemption).
+    ``topology``: the node's links. Without links or preferred affinity, the first
+    ``request.devices`` devices that fit; otherwise every device is judged and
+    ``exo.gpu.topology.best_set`` picks the set (for one device: the fitting device of lowest
+    ``isolation_cost``), preferred affinity first (see the module docstring).
     A simple request (a memory size and nothing else) takes a fast path over the precomputed
     verdict: ``available and fresh_until >= now and free >= min_memory_bytes`` is :func:`fit`
     for such a request, written out.
     """
-    chosen: list[S] = []
     wanted = request.devices
+    linked = topology is not None and topology.linked
+    if linked or request.prefer is not None:
+        fitting = _fitting(devices, request, now, policy, reserved)
+        if len(fitting) >= wanted:
+            return _pick(devices, fitting, request, reserved, topology)
+        return Choice(fitting, _rejections(devices, request, now, policy, reserved))
+    chosen: list[S] = []
     if request.simple and reserved is None:
         need = request.min_memory_bytes
         at = -math.inf if now is None else now
@@ -503,19 +559,116 @@ def choose(devices: Sequence[S], request: FitRequest, now: float | None,
             if device.available and device.fresh_until >= at and device.free >= need:
                 chosen.append(device)
                 if len(chosen) == wanted:
-                    return Choice(chosen)
+                    return Choice(chosen, links=_links(chosen, topology))
     else:
         for device in devices:
             held = None if reserved is None else reserved.get(device.device_id)
             if not _rules(device, request, now, policy, held, every=False):
                 chosen.append(device)
                 if len(chosen) == wanted:
-                    return Choice(chosen)
+                    return Choice(chosen, links=_links(chosen, topology))
+    return Choice(chosen, _rejections(devices, request, now, policy, reserved))
+
+
+def _fitting(devices: Sequence[S], request: FitRequest, now: float | None,
+             policy: SelectionPolicy, reserved: Mapping[str, int] | None) -> list[S]:
+    if request.simple and reserved is None:
+        need = request.min_memory_bytes
+        at = -math.inf if now is None else now
+        return [d for d in devices if d.available and d.fresh_until >= at and d.free >= need]
+    return [d for d in devices if not _rules(
+        d, request, now, policy, None if reserved is None else reserved.get(d.device_id),
+        every=False)]
+
+
+def _rejections(devices: Sequence[S], request: FitRequest, now: float | None,
+                policy: SelectionPolicy, reserved: Mapping[str, int] | None
+                ) -> tuple[FitResult, ...]:
+    """Why each device that does not fit does not (for a node that cannot take the request)."""
     rejections = []
-    for device in devices:  # not enough: say why for every device that does not fit
+    for device in devices:
         held = None if reserved is None else reserved.get(device.device_id)
         found = _rules(device, request, now, policy, held, every=False)
         if found:
             rejections.append(found[0])
-    return Choice(chosen, tuple(rejections))
+    return tuple(rejections)
 
+
+def _name(device: FitSubject) -> str:
+    return device.device_id
+
+
+def _pick(devices: Sequence[S], fitting: list[S], request: FitRequest,
+          reserved: Mapping[str, int] | None, topology: NodeTopology | None) -> Choice[S]:
+    """Enough devices fit: the set (or the one device) ``request`` gets among them."""
+    prefer = request.prefer
+    weights = None if prefer is None else [prefer.weight(d.labels) for d in fitting]
+    if request.devices > 1 or topology is None or not topology.linked:
+        chosen = best_set(fitting, request.devices, topology or _NO_LINKS, _name, weights)
+        return Choice(chosen, links=_links(chosen, topology))
+    # One device on a linked node: the one whose removal breaks the fewest good sets.
+    open_devices = [d.device_id for d in devices if d.available and (
+        d.reserved if reserved is None else reserved.get(d.device_id, d.reserved)) == 0]
+    opened = frozenset(open_devices)
+
+    def key(i: int) -> tuple[int, int, int]:
+        device = fitting[i]
+        cost = isolation_cost(device.device_id, open_devices, topology) \
+            if device.device_id in opened else 0
+        return (-weights[i] if weights is not None else 0), cost, i
+
+    return Choice([fitting[min(range(len(fitting)), key=key)]])
+
+
+_NO_LINKS = NodeTopology()
+
+
+def _links(chosen: Sequence[FitSubject], topology: NodeTopology | None) -> SetScore | None:
+    if topology is None or len(chosen) < 2:
+        return None
+    return set_score([d.device_id for d in chosen], topology)
+
+
+class RankedSubject(FitSubject, Protocol):
+    """A device with its score (``exo.gpu.state.DeviceState`` is one)."""
+
+    @property
+    def score(self) -> float: ...
+
+
+R = TypeVar("R", bound=RankedSubject)
+
+
+def choice_rank(choice: Choice[R], request: FitRequest, in_domain: bool | None = None) -> float:
+    """What a node is worth to ``request`` given its ``choice``, within 0..1 (0 when it cannot
+    take the request). The only definition; the mean of the terms that apply::
+
+        device     = the lowest score (exo.gpu.policy.score_device) of the chosen devices
+        links      = choice.links.quality (the weakest pair against one fabric link);
+                     only for a request of several devices (0 when no link is reported)
+        preference = matched preferred-affinity weight / (total weight * devices);
+                     only when the request has preferred affinity
+        domain     = 1 when the node lies in the topology domain the request's group already
+                     uses, else 0; only when the caller says (``in_domain`` not None)
+
+    A one-device request without preferences is worth its device's score, as before sets.
+    """
+    chosen = choice.devices
+    if not chosen or len(chosen) < request.devices:
+        return 0.0
+    terms = [min(d.score for d in chosen)]
+    if request.devices > 1:
+        terms.append(choice.links.quality if choice.links is not None else 0.0)
+    prefer = request.prefer
+    if prefer is not None and prefer.total > 0:
+        matched = sum(prefer.weight(d.labels) for d in chosen)
+        terms.append(matched / (prefer.total * len(chosen)))
+    if in_domain is not None:
+        terms.append(1.0 if in_domain else 0.0)
+    return sum(terms) / len(terms)
+
+
+def choice_priority(choice: Choice[R], request: FitRequest, in_domain: bool | None = None
+                    ) -> int:
+    """:func:`choice_rank` as kube-scheduler's integer extender priority 0..10."""
+    return priority(choice_rank(choice, request, in_domain))
