@@ -65,7 +65,7 @@ def test_the_extender_on_its_own_takes_the_same_setting(monkeypatch: pytest.Monk
 
     seen: dict[str, Any] = {}
 
-    async def serve(*args: Any, reporting_interval: float) -> None:
+    async def serve(*args: Any, reporting_interval: float, **_: Any) -> None:
         seen["interval"] = reporting_interval
 
     monkeypatch.setattr(extender_cli, "serve", serve)

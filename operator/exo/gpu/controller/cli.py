@@ -27,10 +27,12 @@ from typing import Any
 import click
 
 from ..fit import FitRequest
+from ..k8s.cli import domain_keys, domain_options
 from ..k8s.models import GROUP, VERSION
 from ..k8s.view import ClusterView
 from ..policy import DEFAULT_POLICY, SelectionPolicy
 from ..quantity import format_bytes
+from ..topology import BLOCK_LABEL, RACK_LABEL, DomainKeys
 from .planning import Plan
 
 
@@ -228,6 +230,7 @@ def top_command(kubeconfig: str | None, output: str, sort: str) -> None:
 @click.option("--history-size", default=2, show_default=True, type=click.IntRange(min=1),
               help="Metrics samples kept per device in the view (2-3 KiB each); the "
                    "decisions use the latest.")
+@domain_options
 @click.option("--log-level", default="INFO", show_default=True)
 def command(**options: Any) -> None:
     """Run the GPUWorkload controller (kopf operator) with its cluster view and /metrics."""
@@ -250,10 +253,16 @@ class ControllerOptions:
     reporting_interval: float
     history_size: int
     log_level: str
+    rack_label: str = RACK_LABEL
+    block_label: str = BLOCK_LABEL
 
     def policy(self) -> SelectionPolicy:
         """The selection policy: staleness derives from ``--reporting-interval``."""
         return SelectionPolicy(reporting_interval_seconds=self.reporting_interval)
+
+    def domain_keys(self) -> DomainKeys:
+        """The node labels naming racks and blocks (``--rack-label``, ``--block-label``)."""
+        return domain_keys(self.rack_label, self.block_label)
 
 
 #: Something else served from the controller's process and view (the scheduler extender):
@@ -279,7 +288,7 @@ def run(options: ControllerOptions, sidecar: Sidecar | None = None) -> None:
     # kopf logs every handler run at INFO; only problems are worth a line per object.
     logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.root.level))
     api_client = _client(options.kubeconfig)
-    view = make_view(options.policy(), options.history_size)
+    view = make_view(options.policy(), options.history_size, options.domain_keys())
     current: list[Controller] = []
     electors: list[LeaseElector] = []
 

@@ -15,12 +15,15 @@ from typing import Any
 
 import click
 
+from exo.gpu.k8s.cli import domain_keys, domain_options
 from exo.gpu.policy import DEFAULT_POLICY, SelectionPolicy
+from exo.gpu.topology import DEFAULT_DOMAIN_KEYS, DomainKeys
 
 
 async def serve(kubeconfig: str | None, host: str, port: int, tls_cert: str | None,
                 tls_key: str | None, stop: asyncio.Event | None = None,
-                reporting_interval: float = DEFAULT_POLICY.reporting_interval_seconds) -> None:
+                reporting_interval: float = DEFAULT_POLICY.reporting_interval_seconds,
+                domain_keys: DomainKeys = DEFAULT_DOMAIN_KEYS) -> None:
     from kubernetes import client, config
 
     from exo.gpu.k8s.informer import Informer
@@ -35,7 +38,8 @@ async def serve(kubeconfig: str | None, host: str, port: int, tls_cert: str | No
     else:
         config.load_incluster_config(client_configuration=configuration)
     api = client.ApiClient(configuration)
-    view = ClusterView(policy=SelectionPolicy(reporting_interval_seconds=reporting_interval))
+    view = ClusterView(policy=SelectionPolicy(reporting_interval_seconds=reporting_interval),
+                       domain_keys=domain_keys)
     informer = Informer(view, api).start()
     binder = Binder(view, bind_client(kubeconfig))
     server = ExtenderServer(view, binder, ready=informer.synced.is_set)
@@ -84,11 +88,14 @@ async def _freeze_after_sync(informer: Any) -> None:
               show_default=True, type=click.FloatRange(5, 3600),
               help="The exporters' --report-interval: a device is stale after 3 of them "
                    "without a write.")
+@domain_options
 @click.option("--log-level", default="INFO", show_default=True)
 def command(kubeconfig: str | None, host: str, port: int, tls_cert: str | None,
-            tls_key: str | None, reporting_interval: float, log_level: str) -> None:
+            tls_key: str | None, reporting_interval: float, rack_label: str, block_label: str,
+            log_level: str) -> None:
     """Serve kube-scheduler's extender verbs (filter, prioritize, bind) for GPU pods."""
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(serve(kubeconfig, host, port, tls_cert, tls_key,
-                      reporting_interval=reporting_interval))
+                      reporting_interval=reporting_interval,
+                      domain_keys=domain_keys(rack_label, block_label)))
