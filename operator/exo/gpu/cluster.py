@@ -26,7 +26,9 @@ and its reservation, are one step).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from exo.gpu.clustering import GPUClusteringManager
 from exo.gpu.fit import Choice, FitRequest, FitResult, choose, explain, fit
@@ -71,6 +73,10 @@ class ClusterState:
         self._devices: dict[str, DeviceState] = {}
         self._links: dict[str, DeviceLinks] = {}
         self._topologies: dict[str, NodeTopology] = {}
+        #: node -> bumped on every change of its devices (their samples, holds, flags, links).
+        self._versions: dict[str, int] = {}
+        #: node -> request key -> (node version, valid until, the choice): see choose().
+        self._choices: dict[str, dict[tuple[int, bool, int], tuple[int, float, Choice[Any]]]] = {}
         #: Bumped on every change: results cached against it stay exact.
         self.generation = 0
 
@@ -155,6 +161,7 @@ class ClusterState:
         device = self._devices.pop(name, None)
         if device is None:
             return
+        self._choices.pop(device.node, None)
         self.manager.unregister_device(name)
         self._unplace(device, device.node)
         self._links.pop(name, None)
@@ -167,6 +174,7 @@ class ClusterState:
         self._topologies.pop(device.node, None)
 
     def _unplace(self, device: DeviceState, node: str) -> None:
+        self._versions[node] = self._versions.get(node, 0) + 1
         listed = self.nodes.get(node)
         if listed is None:
             return
@@ -175,6 +183,7 @@ class ClusterState:
             del self.nodes[node]
 
     def _resort(self, node: str) -> None:
+        self._versions[node] = self._versions.get(node, 0) + 1
         listed = self.nodes.get(node)
         if listed is not None and len(listed) > 1:
             listed.sort(key=_order_key)
@@ -263,12 +272,30 @@ class ClusterState:
 
     def choose(self, node: str, request: FitRequest, now: float | None,
                without: Iterable[str] | None = None) -> Choice[DeviceState]:
-        """``exo.gpu.fit.choose`` over the node's devices. ``without``: judge as if these pods
-        (preemption victims) held nothing."""
+        """``exo.gpu.fit.choose`` over the node's devices, with its links. ``without``: judge as
+        if these pods (preemption victims) held nothing.
+
+        On a linked node every device is judged, so the answer to a request of the two common
+        shapes (a memory size, or whole devices, and a count) is kept until one of the node's
+        devices changes or the first available one's sample would go stale: the same request
+        on an unchanged node is answered from it.
+        """
         devices = self.nodes.get(node, ())
-        reserved = None
+        topology = self.topology(node)
         if without is not None:
             gone = list(without)
             reserved = {d.device_id: self.ledger.reserved_without(d.device_id, request.workload,
                                                                   gone) for d in devices}
-        return choose(devices, request, now, self.policy, reserved, self.topology(node))
+            return choose(devices, request, now, self.policy, reserved, topology)
+        if not topology.linked or not (request.simple or request.whole):
+            return choose(devices, request, now, self.policy, None, topology)
+        key = (request.min_memory_bytes, request.whole, request.devices)
+        version = self._versions.get(node, 0)
+        kept = self._choices.setdefault(node, {})
+        entry = kept.get(key)
+        if entry is not None and entry[0] == version and (now is None or now <= entry[1]):
+            return entry[2]
+        choice = choose(devices, request, now, self.policy, None, topology)
+        valid_until = min((d.fresh_until for d in devices if d.available), default=math.inf)
+        kept[key] = (version, valid_until, choice)
+        return choice

@@ -47,9 +47,10 @@ Extension:
   in the order, its ``resolvable``/``device_failed``/``memory`` classes and its sentence in
   :meth:`FitResult.message`, plus one check in :func:`_rules` (in :func:`device_verdict` when it
   depends on the device alone), and a field of :class:`FitRequest` when the request names it;
-- ``choose`` keeps a fast path for the common request (a memory size and nothing else,
-  ``FitRequest.simple``); a request field that a rule reads must make the request not simple, or
-  the rule must be added to the fast path too (``tests/test_fit.py`` compares the two);
+- ``choose`` keeps fast paths for the common requests (a memory size and nothing else,
+  ``FitRequest.simple``; the whole device and nothing else, ``FitRequest.whole``); a request
+  field that a rule reads must make the request neither, or the rule must be added to the fast
+  paths too (``tests/test_fit.py`` compares them with :func:`fit`);
 - anything with the attributes of :class:`FitSubject` can be judged (a simulator's own device
   records).
 
@@ -74,7 +75,15 @@ from typing import Generic, NamedTuple, Protocol, TypeVar
 from exo.gpu.errors import InvalidRequestError
 from exo.gpu.policy import DEFAULT_POLICY, SelectionPolicy, free_memory_bytes, priority, too_hot
 from exo.gpu.telemetry_protocol import GPUDeviceInfo, Vendor
-from exo.gpu.topology import NodeTopology, SetScore, best_set, isolation_cost, set_score
+from exo.gpu.topology import (
+    FABRIC_SCORE_PER_LINK,
+    NodeTopology,
+    SetScore,
+    best_set,
+    isolation_cost,
+    set_score,
+    weakest_pair,
+)
 
 __all__ = [
     "FITS",
@@ -273,6 +282,8 @@ class FitRequest:
     simple: bool = field(default=False, init=False, compare=False, repr=False)
     #: Set by __post_init__: nothing but a vendor (any available device of it qualifies).
     trivial: bool = field(default=False, init=False, compare=False, repr=False)
+    #: Set by __post_init__: the whole device and nothing else (the other fast path).
+    whole: bool = field(default=False, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         value = self.min_memory_bytes
@@ -306,11 +317,13 @@ class FitRequest:
                                                   f"{self.workload!r}")
         if self.nodes is not None and not isinstance(self.nodes, frozenset):
             object.__setattr__(self, "nodes", frozenset(self.nodes))
-        plain = not self.whole_device and self.labels is None and self.selector is None \
-            and self.predicate is None and self.planned is None and self.workload is None \
-            and self.prefer is None and self.nodes is None
+        bare = self.labels is None and self.selector is None and self.predicate is None \
+            and self.planned is None and self.workload is None and self.prefer is None \
+            and self.nodes is None
+        plain = bare and not self.whole_device
         object.__setattr__(self, "simple", plain and self.vendor is None)
         object.__setattr__(self, "trivial", plain and value == 0)
+        object.__setattr__(self, "whole", bare and self.whole_device and self.vendor is None)
 
     @property
     def is_trivial(self) -> bool:
@@ -514,18 +527,34 @@ class Choice(Generic[S]):
     """The devices a request would get among a sequence (a node's, best first), or why not.
 
     ``devices`` holds at most ``request.devices`` entries. ``rejections`` is filled only when
-    there are fewer, with one result per refused device. ``links`` is the chosen set's
-    ``exo.gpu.topology.set_score`` when the request takes several devices of a node whose
-    links were given.
+    there are fewer, with one result per refused device. With several devices of a node whose
+    links were given, ``weakest`` is the chosen set's weakest pair score and :attr:`links` its
+    full ``exo.gpu.topology.set_score`` (worked out when asked: bind and plans explain it, the
+    filter only needs ``weakest``).
     """
 
     devices: list[S]
     rejections: tuple[FitResult, ...] = ()
-    links: SetScore | None = None
+    weakest: int | None = None
+    topology: NodeTopology | None = field(default=None, repr=False)
+    _links: SetScore | None = field(default=None, repr=False)
 
     @property
     def resolvable(self) -> bool:
         return any(r.resolvable for r in self.rejections)
+
+    @property
+    def links(self) -> SetScore | None:
+        """How well the chosen set is linked, pair by pair (None for one device or no links
+        given)."""
+        if self._links is None and self.topology is not None and len(self.devices) > 1:
+            self._links = set_score([d.device_id for d in self.devices], self.topology)
+        return self._links
+
+    @property
+    def quality(self) -> float:
+        """``SetScore.quality`` of the chosen set (0 without links)."""
+        return min(1.0, self.weakest / FABRIC_SCORE_PER_LINK) if self.weakest else 0.0
 
 
 def choose(devices: Sequence[S], request: FitRequest, now: float | None,
@@ -542,7 +571,8 @@ def choose(devices: Sequence[S], request: FitRequest, now: float | None,
     ``isolation_cost``), preferred affinity first (see the module docstring).
     A simple request (a memory size and nothing else) takes a fast path over the precomputed
     verdict: ``available and fresh_until >= now and free >= min_memory_bytes`` is :func:`fit`
-    for such a request, written out.
+    for such a request, written out; so is ``available and fresh_until >= now and reserved ==
+    0`` for the whole device and nothing else.
     """
     wanted = request.devices
     linked = topology is not None and topology.linked
@@ -559,22 +589,31 @@ def choose(devices: Sequence[S], request: FitRequest, now: float | None,
             if device.available and device.fresh_until >= at and device.free >= need:
                 chosen.append(device)
                 if len(chosen) == wanted:
-                    return Choice(chosen, links=_links(chosen, topology))
+                    return _chosen(chosen, topology)
+    elif request.whole and reserved is None:
+        at = -math.inf if now is None else now
+        for device in devices:
+            if device.available and device.fresh_until >= at and not device.reserved:
+                chosen.append(device)
+                if len(chosen) == wanted:
+                    return _chosen(chosen, topology)
     else:
         for device in devices:
             held = None if reserved is None else reserved.get(device.device_id)
             if not _rules(device, request, now, policy, held, every=False):
                 chosen.append(device)
                 if len(chosen) == wanted:
-                    return Choice(chosen, links=_links(chosen, topology))
+                    return _chosen(chosen, topology)
     return Choice(chosen, _rejections(devices, request, now, policy, reserved))
 
 
 def _fitting(devices: Sequence[S], request: FitRequest, now: float | None,
              policy: SelectionPolicy, reserved: Mapping[str, int] | None) -> list[S]:
-    if request.simple and reserved is None:
-        need = request.min_memory_bytes
+    if reserved is None and (request.simple or request.whole):
         at = -math.inf if now is None else now
+        if request.whole:
+            return [d for d in devices if d.available and d.fresh_until >= at and not d.reserved]
+        need = request.min_memory_bytes
         return [d for d in devices if d.available and d.fresh_until >= at and d.free >= need]
     return [d for d in devices if not _rules(
         d, request, now, policy, None if reserved is None else reserved.get(d.device_id),
@@ -605,7 +644,7 @@ def _pick(devices: Sequence[S], fitting: list[S], request: FitRequest,
     weights = None if prefer is None else [prefer.weight(d.labels) for d in fitting]
     if request.devices > 1 or topology is None or not topology.linked:
         chosen = best_set(fitting, request.devices, topology or _NO_LINKS, _name, weights)
-        return Choice(chosen, links=_links(chosen, topology))
+        return _chosen(chosen, topology)
     # One device on a linked node: the one whose removal breaks the fewest good sets.
     open_devices = [d.device_id for d in devices if d.available and (
         d.reserved if reserved is None else reserved.get(d.device_id, d.reserved)) == 0]
@@ -623,10 +662,11 @@ def _pick(devices: Sequence[S], fitting: list[S], request: FitRequest,
 _NO_LINKS = NodeTopology()
 
 
-def _links(chosen: Sequence[FitSubject], topology: NodeTopology | None) -> SetScore | None:
+def _chosen(chosen: list[S], topology: NodeTopology | None) -> Choice[S]:
     if topology is None or len(chosen) < 2:
-        return None
-    return set_score([d.device_id for d in chosen], topology)
+        return Choice(chosen)
+    return Choice(chosen, weakest=weakest_pair([d.device_id for d in chosen], topology),
+                  topology=topology)
 
 
 class RankedSubject(FitSubject, Protocol):
@@ -644,7 +684,7 @@ def choice_rank(choice: Choice[R], request: FitRequest, in_domain: bool | None =
     take the request). The only definition; the mean of the terms that apply::
 
         device     = the lowest score (exo.gpu.policy.score_device) of the chosen devices
-        links      = choice.links.quality (the weakest pair against one fabric link);
+        links      = choice.quality (SetScore.quality: the weakest pair against one link);
                      only for a request of several devices (0 when no link is reported)
         preference = matched preferred-affinity weight / (total weight * devices);
                      only when the request has preferred affinity
@@ -658,7 +698,7 @@ def choice_rank(choice: Choice[R], request: FitRequest, in_domain: bool | None =
         return 0.0
     terms = [min(d.score for d in chosen)]
     if request.devices > 1:
-        terms.append(choice.links.quality if choice.links is not None else 0.0)
+        terms.append(choice.quality)
     prefer = request.prefer
     if prefer is not None and prefer.total > 0:
         matched = sum(prefer.weight(d.labels) for d in chosen)

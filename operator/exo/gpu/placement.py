@@ -102,11 +102,12 @@ def fitting_by_node(state: ClusterState, request: FitRequest, now: float | None,
 
 
 def domains(state: ClusterState, request: FitRequest, level: DomainLevel, now: float | None,
-            cap: int | None = None) -> list[Domain]:
+            cap: int | None = None, apart: DomainLevel | None = None) -> list[Domain]:
     """The domains of ``level`` over the nodes holding devices, by name.
 
     ``request.devices`` is the set size; ``cap`` the workload's ``maxTasksPerDevice`` (with one
-    device per task).
+    device per task); ``apart``: the tasks are kept apart by this (smaller) level, so a domain
+    takes at most one task per domain of that level with room in it.
     """
     fitting = fitting_by_node(state, request, now)
     members: dict[tuple[bool, str], list[str]] = {}
@@ -125,6 +126,10 @@ def domains(state: ClusterState, request: FitRequest, level: DomainLevel, now: f
             capacity = None if devices else 0
         else:
             capacity = devices * cap
+        if apart is not None:
+            inner = len({state.domain_of(n, apart) or f"node {n}" for n in nodes
+                         if len(fitting[n]) >= size})
+            capacity = inner if capacity is None else min(capacity, inner)
         out.append(Domain(level, name, tuple(nodes), devices, capacity, labelled))
     return out
 

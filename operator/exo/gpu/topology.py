@@ -57,6 +57,7 @@ __all__ = [
     "link_score",
     "pcie_level_by_numa",
     "set_score",
+    "weakest_pair",
 ]
 
 T = TypeVar("T")
@@ -333,6 +334,18 @@ def set_score(devices: Sequence[str], topology: NodeTopology) -> SetScore:
                     min((p.score for p in pairs), default=0), pairs)
 
 
+def weakest_pair(devices: Sequence[str], topology: NodeTopology) -> int:
+    """``set_score(devices, topology).weakest`` without the explanation (what ranking needs)."""
+    weakest: int | None = None
+    for x, a in enumerate(devices):
+        row = topology.row(a)
+        for b in devices[x + 1:]:
+            score = row.get(b, 0)
+            if weakest is None or score < weakest:
+                weakest = score
+    return weakest or 0
+
+
 def isolation_cost(device: str, open_devices: Iterable[str], topology: NodeTopology) -> int:
     """What giving ``device`` to a one-device request costs the sets still possible::
 
@@ -398,13 +411,17 @@ def _key(matrix: list[list[int]], members: Sequence[int],
 
 def _exact(matrix: list[list[int]], count: int, n: int,
            weights: Sequence[int] | None) -> tuple[int, ...]:
-    best: tuple[tuple[int, int, int], tuple[int, ...]] | None = None
+    """Every set of ``n``, compared by ``_key`` (written out: this is the hot loop)."""
+    within = list(itertools.combinations(range(n), 2))
+    best: tuple[int, int, int, tuple[int, ...]] | None = None
     for members in itertools.combinations(range(count), n):
-        key = (_key(matrix, members, weights), members)
+        scores = [matrix[members[a]][members[b]] for a, b in within]
+        preferred = sum(weights[i] for i in members) if weights is not None else 0
+        key = (-preferred, -sum(scores), -min(scores), members)
         if best is None or key < best:
             best = key
     assert best is not None
-    return best[1]
+    return best[3]
 
 
 def _greedy(matrix: list[list[int]], count: int, n: int,

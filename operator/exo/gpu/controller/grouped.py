@@ -119,8 +119,10 @@ def group(workload: GPUWorkload, view: ClusterView, tasks: Sequence[str],
     nodes: frozenset[str] | None = None
     if packing is not None:
         level = DomainLevel(packing.pack_within)
-        candidates = placement.domains(state, dataclasses.replace(request, devices=size),
-                                       level, now, cap=spec.max_tasks_per_device)
+        candidates = placement.domains(
+            state, dataclasses.replace(request, devices=size), level, now,
+            cap=spec.max_tasks_per_device,
+            apart=DomainLevel(apart.by) if apart is not None and apart.required else None)
         key = state.domain_keys.label(level)
         if key is not None and not any(d.labelled for d in candidates):
             missing = (f"{_field(workload)}: {level}: no node carries the {level} label {key}")
@@ -152,9 +154,10 @@ def group(workload: GPUWorkload, view: ClusterView, tasks: Sequence[str],
         else:
             request = dataclasses.replace(request, predicate=_only(frozenset(chosen)))
             note += f"; each task in its own {level}"
-            nodes_of = {view.state.device(d) for d in chosen}
-            domains = {d.node: _domain_text(view, level, d.node) for d in nodes_of
-                       if d is not None}
+            if not domains:  # a packed domain says more than the node of each task
+                nodes_of = {view.state.device(d) for d in chosen}
+                domains = {d.node: _domain_text(view, level, d.node) for d in nodes_of
+                           if d is not None}
             return Grouping(request, 1, note, domains)
     return Grouping(request, None, note, domains)
 

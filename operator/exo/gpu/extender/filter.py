@@ -76,13 +76,17 @@ def filter_nodes(view: ClusterView, pod: PodRequest, node_names: Iterable[str], 
     state = view.state
     known = state.nodes
     policy = state.policy
+    topology = state.topology
     passed, verdicts = outcome.passed, outcome.verdicts
     for node in node_names:
         devices = known.get(node)
         if not devices:
             outcome.unresolvable[node] = NO_DEVICES
             continue
-        verdict = choose(devices, request, now, policy, topology=state.topology(node))
+        if topology(node).linked:  # every device judged: the state keeps recent answers
+            verdict = state.choose(node, request, now)
+        else:
+            verdict = choose(devices, request, now, policy)
         verdicts[node] = verdict
         if len(verdict.devices) >= wanted:
             passed.append(node)
