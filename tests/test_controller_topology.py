@@ -73,6 +73,19 @@ class TestDeviceSets:
              "level": "SingleSwitch", "links": 4, "score": 450}]}
         assert "weakest pair scores 450" in result.message
 
+    def test_exo_gpu_plan_shows_sets_links_and_domains(self) -> None:
+        from exo.gpu.controller.cli import PLAN_HEADERS, link_lines, plan_rows
+
+        view = view_of(("n1", linked("n1", 4), {RACK: "r1"}))
+        result = plan(view, {"tasks": 1, "devicesPerTask": 2, "template": TEMPLATE,
+                             "topology": {"packWithin": "rack"}})
+        (row,) = [dict(zip(PLAN_HEADERS, r, strict=True)) for r in plan_rows(result)]
+        assert (row["SET"], row["LINKS"], row["DOMAIN"]) == (
+            "n1-nvidia-0,n1-nvidia-1", "450 (weakest 450)", "rack=r1")
+        assert link_lines(result) == [
+            "  links of n1-nvidia-0,n1-nvidia-1: n1-nvidia-0-n1-nvidia-1 NVLink x4 "
+            "SingleSwitch = 450"]
+
     def test_a_kept_plan_keeps_its_sets_and_their_links(self) -> None:
         view = view_of(("n1", linked("n1", 4), {}))
         workload, _ = planning.parse_workload({

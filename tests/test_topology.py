@@ -258,6 +258,16 @@ class TestChooseWithLinks:
                         topology=pairs_node())
         assert [d.device_id for d in choice.devices] == ["d3"]
 
+    def test_a_set_is_of_one_vendor(self) -> None:
+        mixed = [device("d0"), device("a1", vendor="amd"), device("d2"), device("a3",
+                                                                               vendor="amd")]
+        choice = choose(mixed, FitRequest(devices=2), NOW)
+        assert [d.device_id for d in choice.devices] == ["d0", "d2"]
+        lone = choose(mixed[:3], FitRequest(devices=3), NOW)
+        assert [d.device_id for d in lone.devices] == ["d0", "d2"]
+        assert [(r.device, str(r.reason), r.message) for r in lone.rejections] == [
+            ("a1", "VendorMismatch", "vendor amd cannot join a set of nvidia devices")]
+
     def test_not_enough_devices_says_why_for_each(self) -> None:
         devices = states(2)
         devices[1].cordoned = True

@@ -73,6 +73,8 @@ class ClusterState:
         self._devices: dict[str, DeviceState] = {}
         self._links: dict[str, DeviceLinks] = {}
         self._topologies: dict[str, NodeTopology] = {}
+        #: The nodes some of whose devices report links (their choices compare sets).
+        self.linked_nodes: set[str] = set()
         #: node -> bumped on every change of its devices (their samples, holds, flags, links).
         self._versions: dict[str, int] = {}
         #: node -> request key -> (node version, valid until, the choice): see choose().
@@ -127,8 +129,8 @@ class ClusterState:
                 if device.node != old_node:
                     self._unplace(device, old_node)
                     self._place(device)
-                    self._topologies.pop(old_node, None)
-                    self._topologies.pop(device.node, None)
+                    self._relink(old_node)
+                    self._relink(device.node)
         if device is None:
             raise KeyError(name)
         if links is not None and self._links.get(name, _NO_LINKS) != links:
@@ -136,7 +138,7 @@ class ClusterState:
                 self._links.pop(name, None)
             else:
                 self._links[name] = links
-            self._topologies.pop(device.node, None)
+            self._relink(device.node)
         if cordoned is not None:
             manager.set_cordoned(name, cordoned)
         if ready is not None:
@@ -165,13 +167,13 @@ class ClusterState:
         self.manager.unregister_device(name)
         self._unplace(device, device.node)
         self._links.pop(name, None)
-        self._topologies.pop(device.node, None)
+        self._relink(device.node)
         self.generation += 1
 
     def _place(self, device: DeviceState) -> None:
         self.nodes.setdefault(device.node, []).append(device)
         self._resort(device.node)
-        self._topologies.pop(device.node, None)
+        self._relink(device.node)
 
     def _unplace(self, device: DeviceState, node: str) -> None:
         self._versions[node] = self._versions.get(node, 0) + 1
@@ -187,6 +189,15 @@ class ClusterState:
         listed = self.nodes.get(node)
         if listed is not None and len(listed) > 1:
             listed.sort(key=_order_key)
+
+    def _relink(self, node: str) -> None:
+        """The node's links changed (a report, a device came or went): rebuild on next use."""
+        self._topologies.pop(node, None)
+        if any((links := self._links.get(d.device_id)) is not None and links.peers
+               for d in self.nodes.get(node, ())):
+            self.linked_nodes.add(node)
+        else:
+            self.linked_nodes.discard(node)
 
     # ------------------------------------------------------------------ topology
     def links(self, name: str) -> DeviceLinks | None:

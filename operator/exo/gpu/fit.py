@@ -59,7 +59,8 @@ Given the node's links (``topology``, an ``exo.gpu.topology.NodeTopology``) it c
 device that fits and takes the set with the best links (``exo.gpu.topology.best_set``); a
 one-device request takes the fitting device whose removal breaks the fewest good sets
 (``exo.gpu.topology.isolation_cost``). Preferred affinity (``FitRequest.prefer``) comes first in
-both. Without links and preferences it keeps the first devices that fit, best score first.
+both. A set is of one vendor. Without links and preferences it keeps the first devices that
+fit, best score first.
 :func:`choice_rank` is what a node is worth to a request given its choice (the extender's
 priority, the planner's order of nodes for a set).
 """
@@ -82,6 +83,7 @@ from exo.gpu.topology import (
     best_set,
     isolation_cost,
     set_score,
+    set_totals,
     weakest_pair,
 )
 
@@ -565,10 +567,10 @@ def choose(devices: Sequence[S], request: FitRequest, now: float | None,
     when fewer than ``request.devices`` fit, every refusal.
 
     ``reserved``: per device, what others hold instead of the ledger's figure (preemption).
-    ``topology``: the node's links. Without links or preferred affinity, the first
-    ``request.devices`` devices that fit; otherwise every device is judged and
-    ``exo.gpu.topology.best_set`` picks the set (for one device: the fitting device of lowest
-    ``isolation_cost``), preferred affinity first (see the module docstring).
+    ``topology``: the node's links. One device without links or preferred affinity: the first
+    that fits; otherwise every device is judged and ``exo.gpu.topology.best_set`` picks the set
+    (for one device: the fitting device of lowest ``isolation_cost``), preferred affinity first
+    (see the module docstring).
     A simple request (a memory size and nothing else) takes a fast path over the precomputed
     verdict: ``available and fresh_until >= now and free >= min_memory_bytes`` is :func:`fit`
     for such a request, written out; so is ``available and fresh_until >= now and reserved ==
@@ -576,35 +578,29 @@ def choose(devices: Sequence[S], request: FitRequest, now: float | None,
     """
     wanted = request.devices
     linked = topology is not None and topology.linked
-    if linked or request.prefer is not None:
+    if linked or request.prefer is not None or wanted > 1:
         fitting = _fitting(devices, request, now, policy, reserved)
         if len(fitting) >= wanted:
             return _pick(devices, fitting, request, reserved, topology)
         return Choice(fitting, _rejections(devices, request, now, policy, reserved))
-    chosen: list[S] = []
+    # One device (a set takes the path above): the first that fits.
     if request.simple and reserved is None:
         need = request.min_memory_bytes
         at = -math.inf if now is None else now
         for device in devices:
             if device.available and device.fresh_until >= at and device.free >= need:
-                chosen.append(device)
-                if len(chosen) == wanted:
-                    return _chosen(chosen, topology)
+                return Choice([device])
     elif request.whole and reserved is None:
         at = -math.inf if now is None else now
         for device in devices:
             if device.available and device.fresh_until >= at and not device.reserved:
-                chosen.append(device)
-                if len(chosen) == wanted:
-                    return _chosen(chosen, topology)
+                return Choice([device])
     else:
         for device in devices:
             held = None if reserved is None else reserved.get(device.device_id)
             if not _rules(device, request, now, policy, held, every=False):
-                chosen.append(device)
-                if len(chosen) == wanted:
-                    return _chosen(chosen, topology)
-    return Choice(chosen, _rejections(devices, request, now, policy, reserved))
+                return Choice([device])
+    return Choice([], _rejections(devices, request, now, policy, reserved))
 
 
 def _fitting(devices: Sequence[S], request: FitRequest, now: float | None,
@@ -642,9 +638,10 @@ def _pick(devices: Sequence[S], fitting: list[S], request: FitRequest,
     """Enough devices fit: the set (or the one device) ``request`` gets among them."""
     prefer = request.prefer
     weights = None if prefer is None else [prefer.weight(d.labels) for d in fitting]
-    if request.devices > 1 or topology is None or not topology.linked:
-        chosen = best_set(fitting, request.devices, topology or _NO_LINKS, _name, weights)
-        return _chosen(chosen, topology)
+    if request.devices > 1:
+        return _pick_set(fitting, request.devices, topology, weights)
+    if topology is None or not topology.linked:
+        return Choice(best_set(fitting, 1, _NO_LINKS, _name, weights))
     # One device on a linked node: the one whose removal breaks the fewest good sets.
     open_devices = [d.device_id for d in devices if d.available and (
         d.reserved if reserved is None else reserved.get(d.device_id, d.reserved)) == 0]
@@ -662,6 +659,39 @@ def _pick(devices: Sequence[S], fitting: list[S], request: FitRequest,
 _NO_LINKS = NodeTopology()
 
 
+def _pick_set(fitting: list[S], n: int, topology: NodeTopology | None,
+              weights: list[int] | None) -> Choice[S]:
+    """The best set of ``n`` among ``fitting``, all of one vendor (a process drives one
+    vendor's devices together): per vendor its best set, then the best of those by the same
+    keys as ``best_set`` (preference, total, weakest pair, earliest candidate)."""
+    links = topology or _NO_LINKS
+    groups: dict[Vendor, list[int]] = {}
+    for i, device in enumerate(fitting):
+        groups.setdefault(device.info.vendor, []).append(i)
+    if len(groups) == 1:
+        return _chosen(best_set(fitting, n, links, _name, weights), topology)
+    best: tuple[tuple[int, int, int, int], list[S]] | None = None
+    for members in groups.values():
+        if len(members) < n:
+            continue
+        chosen = best_set([fitting[i] for i in members], n, links, _name,
+                          None if weights is None else [weights[i] for i in members])
+        total, weakest = set_totals([d.device_id for d in chosen], links)
+        position = {id(fitting[i]): i for i in members}
+        preferred = 0 if weights is None else sum(weights[position[id(d)]] for d in chosen)
+        key = (-preferred, -total, -weakest, position[id(chosen[0])])
+        if best is None or key < best[0]:
+            best = (key, chosen)
+    if best is not None:
+        return _chosen(best[1], topology)
+    largest = max(groups.values(), key=len)
+    main = fitting[largest[0]].info.vendor.value
+    return Choice([fitting[i] for i in largest], tuple(
+        FitResult(FitReason.VENDOR_MISMATCH, d.device_id,
+                  detail=f"{d.info.vendor.value} cannot join a set of {main} devices")
+        for i, d in enumerate(fitting) if i not in largest))
+
+
 def _chosen(chosen: list[S], topology: NodeTopology | None) -> Choice[S]:
     if topology is None or len(chosen) < 2:
         return Choice(chosen)
@@ -670,10 +700,14 @@ def _chosen(chosen: list[S], topology: NodeTopology | None) -> Choice[S]:
 
 
 class RankedSubject(FitSubject, Protocol):
-    """A device with its score (``exo.gpu.state.DeviceState`` is one)."""
+    """A device with its score and that score's extender priority
+    (``exo.gpu.state.DeviceState`` is one)."""
 
     @property
     def score(self) -> float: ...
+
+    @property
+    def priority(self) -> int: ...
 
 
 R = TypeVar("R", bound=RankedSubject)
@@ -711,4 +745,7 @@ def choice_rank(choice: Choice[R], request: FitRequest, in_domain: bool | None =
 def choice_priority(choice: Choice[R], request: FitRequest, in_domain: bool | None = None
                     ) -> int:
     """:func:`choice_rank` as kube-scheduler's integer extender priority 0..10."""
+    if request.devices == 1 and request.prefer is None and in_domain is None:
+        chosen = choice.devices  # worth its device's score: its priority, computed already
+        return chosen[0].priority if chosen else 0
     return priority(choice_rank(choice, request, in_domain))

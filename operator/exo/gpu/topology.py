@@ -57,6 +57,7 @@ __all__ = [
     "link_score",
     "pcie_level_by_numa",
     "set_score",
+    "set_totals",
     "weakest_pair",
 ]
 
@@ -334,16 +335,24 @@ def set_score(devices: Sequence[str], topology: NodeTopology) -> SetScore:
                     min((p.score for p in pairs), default=0), pairs)
 
 
-def weakest_pair(devices: Sequence[str], topology: NodeTopology) -> int:
-    """``set_score(devices, topology).weakest`` without the explanation (what ranking needs)."""
+def set_totals(devices: Sequence[str], topology: NodeTopology) -> tuple[int, int]:
+    """``(total, weakest)`` of ``set_score(devices, topology)`` without the explanation (what
+    ranking needs)."""
+    total = 0
     weakest: int | None = None
     for x, a in enumerate(devices):
         row = topology.row(a)
         for b in devices[x + 1:]:
             score = row.get(b, 0)
+            total += score
             if weakest is None or score < weakest:
                 weakest = score
-    return weakest or 0
+    return total, weakest or 0
+
+
+def weakest_pair(devices: Sequence[str], topology: NodeTopology) -> int:
+    """``set_score(devices, topology).weakest``, for ranking."""
+    return set_totals(devices, topology)[1]
 
 
 def isolation_cost(device: str, open_devices: Iterable[str], topology: NodeTopology) -> int:

@@ -8,6 +8,7 @@ it against a clock, so the same file and the same clock readings always give the
 ```yaml
 nodes:
   - name: gpu-node-a
+    labels: {topology.exo.dev/rack: rack-1}   # the fake Node's labels (local cluster, demo)
     devices:
       - vendor: nvidia                 # nvidia | amd | intel | apple | qualcomm
         model: NVIDIA H100 80GB HBM3
@@ -263,6 +264,10 @@ class FleetNode(_FleetModel):
     ]
     devices: list[FleetDevice] = Field(default_factory=list)
     links: list[FleetLink] = Field(default_factory=list)
+    #: Labels of the node itself (its rack, zone): what the local cluster puts on the fake
+    #: Node; the exporter does not read them.
+    labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]],
+                      Field(max_length=64)] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _links_within_node(self) -> FleetNode:

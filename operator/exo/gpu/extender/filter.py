@@ -76,14 +76,14 @@ def filter_nodes(view: ClusterView, pod: PodRequest, node_names: Iterable[str], 
     state = view.state
     known = state.nodes
     policy = state.policy
-    topology = state.topology
+    linked = state.linked_nodes
     passed, verdicts = outcome.passed, outcome.verdicts
     for node in node_names:
         devices = known.get(node)
         if not devices:
             outcome.unresolvable[node] = NO_DEVICES
             continue
-        if topology(node).linked:  # every device judged: the state keeps recent answers
+        if node in linked:  # every device judged there: the state keeps recent answers
             verdict = state.choose(node, request, now)
         else:
             verdict = choose(devices, request, now, policy)

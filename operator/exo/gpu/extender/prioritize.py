@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from exo.gpu.fit import choice_priority
+from exo.gpu.fit import choice_priority, choose
 from exo.gpu.k8s.view import ClusterView, workload_key
 
 from .filter import NodeVerdict, fit_request
@@ -26,6 +26,7 @@ def prioritize_nodes(view: ClusterView, pod: PodRequest, node_names: Iterable[st
     """Integer scores 0..10 per node. ``known`` reuses verdicts the filter just computed."""
     request = fit_request(pod)
     state = view.state
+    known_nodes, policy, linked = state.nodes, state.policy, state.linked_nodes
     level = pod.pack_within
     domains = state.workload_domains(workload_key(pod.namespace, pod.workload), level) \
         if level is not None and pod.workload else set()
@@ -33,7 +34,8 @@ def prioritize_nodes(view: ClusterView, pod: PodRequest, node_names: Iterable[st
     for node in node_names:
         verdict = known.get(node) if known is not None else None
         if verdict is None:
-            verdict = state.choose(node, request, now)
+            verdict = state.choose(node, request, now) if node in linked else \
+                choose(known_nodes.get(node, ()), request, now, policy)
         in_domain = state.domain_of(node, level) in domains if domains and level else None
         scores[node] = choice_priority(verdict, request, in_domain)
     return scores
