@@ -631,7 +631,8 @@ class DeviceAgent:
         if now < state.refused_until:
             return
         links = self.links.get(name)
-        topology = LinkTopology.from_links(links) if links is not None else None
+        topology = LinkTopology.from_links(links) if links is not None and (
+            links.peers or links.numa_node is not None or links.pcie_root is not None) else None
         reason = write_decision(
             state.written,
             state.sample,
