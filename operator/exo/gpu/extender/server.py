@@ -54,8 +54,9 @@ log = logging.getLogger(__name__)
 
 #: Largest request body accepted by default, in bytes (``--max-request-bytes``). The largest
 #: filter or prioritize request kube-scheduler sends at 20,000 nodes with ``nodeCacheCapable`` is
-#: 6.7 MiB (20,000 node names of the longest legal length, 253 characters, and a pod at the API
-#: server's 1.5 MiB object limit; docs/extender.md, "Request size"); 8 MiB leaves room above it.
+#: 6,691,152 bytes (20,000 node names of the longest legal length, 253 characters, and a pod at
+#: the API server's 1.5 MiB object limit; benchmarks/bench_request_size.py, docs/extender.md
+#: "Request size"); 8 MiB leaves room above it.
 MAX_BODY_BYTES = 8 * 1024**2
 #: Paths answered to a caller without a client certificate: the kubelet's probes carry none.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -271,7 +272,7 @@ class ServingTLS:
     ``TLS_RELOAD_INTERVAL_S`` while serving), so a renewed certificate (cert-manager, or the
     chart's on ``helm upgrade``) is served without a restart; a renewal that fails to load is
     logged and the previous certificate kept. OpenSSL only adds CAs to a live context: a replaced
-    client CA stays trusted until the process restarts (the chart restarts it when its CA changes).
+    client CA stays trusted until the process restarts (docs/security.md: rotating the CA).
     """
 
     def __init__(self, cert_file: str, key_file: str, client_ca_file: str,
@@ -280,7 +281,7 @@ class ServingTLS:
         self.client_names = frozenset(client_names)
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         # Optional at the TLS layer so that kubelet probes reach OPEN_PATHS; a certificate that
-        # is presented must chain to the client CA, and _require_client_certificate refuses
+        # is presented must chain to the client CA, and require_client_certificates refuses
         # every other path without one.
         self.context.verify_mode = ssl.CERT_OPTIONAL
         self._digest = ""
