@@ -25,13 +25,16 @@ from exo.gpu.app import extender_sidecar
 from exo.gpu.controller.controller import ControllerConfig
 from exo.gpu.controller.runner import LeaderSettings, run_operator
 from exo.gpu.devcluster import LocalCluster, wait_for
-from exo.gpu.devcluster.cluster import extender_entry, free_port
+from exo.gpu.devcluster.cluster import extender_entry, free_port, scheduler_tls_config
+from exo.gpu.devcluster.pki import ExtenderPki
 from exo.gpu.exporter.agent import AgentConfig, DeviceAgent, WritePolicy
 from exo.gpu.exporter.backends import GuardedBackend
 from exo.gpu.exporter.backends.simulated import SimulatedBackend
 from exo.gpu.exporter.fleet import parse_fleet
 from exo.gpu.exporter.kubeapi import GPUDeviceAPI, KubeConfig
 from exo.gpu.exporter.metrics import ExporterMetrics
+from exo.gpu.extender.metrics import ExtenderMetrics
+from exo.gpu.extender.server import MAX_BODY_BYTES, ServingTLS
 from exo.gpu.k8s.informer import Informer
 from exo.gpu.k8s.view import ClusterView
 from exo.gpu.selector import SelectionPolicy
@@ -48,10 +51,11 @@ TEMPLATE = {"spec": {"containers": [{"name": "main", "image": "busybox"}]}}
 
 
 class Stack:
-    """The controller (this test's namespace) and the extender over one view, in a thread."""
+    """The controller (this test's namespace) and the extender over one view, in a thread; the
+    extender serves mutual TLS, as installed."""
 
-    def __init__(self, cluster: LocalCluster, namespace: str) -> None:
-        self.cluster, self.namespace = cluster, namespace
+    def __init__(self, cluster: LocalCluster, namespace: str, pki: ExtenderPki) -> None:
+        self.cluster, self.namespace, self.pki = cluster, namespace, pki
         self.view = ClusterView(policy=POLICY)
         self.port = free_port()
         self.stop = threading.Event()
@@ -74,7 +78,10 @@ class Stack:
         api = self.cluster.api_client()
         informer = Informer(self.view, api).start()
         await asyncio.to_thread(informer.wait_synced, 60.0)
-        start = extender_sidecar("127.0.0.1", self.port, None, None, self.cluster.kubeconfig)
+        tls = ServingTLS(str(self.pki.server_cert), str(self.pki.server_key),
+                         str(self.pki.ca_cert))
+        start = extender_sidecar("127.0.0.1", self.port, tls, self.cluster.kubeconfig,
+                                 ExtenderMetrics(), MAX_BODY_BYTES)
         stop_extender = await start(self.view, api, informer.synced.is_set)
         self.serving.set()
         try:
@@ -139,8 +146,10 @@ class Exporters:
 
 @pytest.fixture
 def stack(kube_cluster: LocalCluster, namespace: str) -> Iterator[Stack]:
-    running = Stack(kube_cluster, namespace)
-    kube_cluster.restart_scheduler([extender_entry(f"http://127.0.0.1:{running.port}")])
+    pki = kube_cluster.extender_pki()
+    running = Stack(kube_cluster, namespace, pki)
+    kube_cluster.restart_scheduler([extender_entry(f"https://127.0.0.1:{running.port}",
+                                                   scheduler_tls_config(pki))])
     try:
         yield running
     finally:

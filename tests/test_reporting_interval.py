@@ -69,8 +69,10 @@ def test_the_extender_on_its_own_takes_the_same_setting(monkeypatch: pytest.Monk
         seen["interval"] = reporting_interval
 
     monkeypatch.setattr(extender_cli, "serve", serve)
-    result = CliRunner().invoke(extender_cli.command, ["--reporting-interval", "60"])
+    result = CliRunner().invoke(extender_cli.command,
+                                 ["--plain-http", "--reporting-interval", "60"])
     assert result.exit_code == 0, result.output
     assert seen["interval"] == 60.0
-    bad = CliRunner().invoke(extender_cli.command, ["--reporting-interval", "1"])
+    bad = CliRunner().invoke(extender_cli.command,
+                             ["--plain-http", "--reporting-interval", "1"])
     assert bad.exit_code == 2 and "--reporting-interval" in bad.output

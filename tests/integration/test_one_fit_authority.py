@@ -34,7 +34,9 @@ from exo.gpu.app import extender_sidecar
 from exo.gpu.controller.controller import Controller, ControllerConfig
 from exo.gpu.controller.runner import LeaderSettings, run_operator
 from exo.gpu.devcluster import LocalCluster, wait_for
-from exo.gpu.devcluster.cluster import extender_entry, free_port
+from exo.gpu.devcluster.cluster import extender_entry, free_port, scheduler_tls_config
+from exo.gpu.extender.metrics import ExtenderMetrics
+from exo.gpu.extender.server import MAX_BODY_BYTES, ServingTLS
 from exo.gpu.k8s.informer import Informer
 from exo.gpu.k8s.view import ClusterView
 
@@ -62,7 +64,7 @@ class Composed:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.port}"
 
     def _run(self) -> None:
         try:
@@ -75,7 +77,10 @@ class Composed:
         api = self.cluster.api_client()
         informer = Informer(self.view, api).start()
         await asyncio.to_thread(informer.wait_synced, 60.0)
-        start = extender_sidecar("127.0.0.1", self.port, None, None, self.cluster.kubeconfig)
+        pki = self.cluster.extender_pki()
+        tls = ServingTLS(str(pki.server_cert), str(pki.server_key), str(pki.ca_cert))
+        start = extender_sidecar("127.0.0.1", self.port, tls, self.cluster.kubeconfig,
+                                 ExtenderMetrics(), MAX_BODY_BYTES)
         stop_extender = await start(self.view, api, informer.synced.is_set)
         self.serving.set()
         try:
@@ -98,7 +103,8 @@ class Composed:
 @pytest.fixture
 def composed(kube_cluster: LocalCluster, namespace: str) -> Iterator[Composed]:
     running = Composed(kube_cluster, namespace)
-    kube_cluster.restart_scheduler([extender_entry(running.url)])
+    kube_cluster.restart_scheduler([extender_entry(
+        running.url, scheduler_tls_config(kube_cluster.extender_pki()))])
     try:
         yield running
     finally:

@@ -306,8 +306,13 @@ Sidecar = Callable[[ClusterView, Any, Callable[[], bool]],
                    Awaitable[Callable[[], Awaitable[None]]]]
 
 
-def run(options: ControllerOptions, sidecar: Sidecar | None = None) -> None:
-    """Run the controller until SIGINT/SIGTERM; with ``sidecar``, serve it from the same view."""
+def run(options: ControllerOptions, sidecar: Sidecar | None = None,
+        collectors: Sequence[Any] = ()) -> None:
+    """Run the controller until SIGINT/SIGTERM; with ``sidecar``, serve it from the same view.
+
+    ``collectors`` (Prometheus collectors, e.g. the sidecar's metrics) are served with the
+    controller's on ``--metrics-port``.
+    """
     from exo.gpu.k8s.informer import Informer, freeze_long_lived
 
     from .api import LeaseElector
@@ -334,7 +339,10 @@ def run(options: ControllerOptions, sidecar: Sidecar | None = None) -> None:
         return counts
 
     if options.metrics_port:
-        serve(build_registry(view, phases), options.metrics_port)
+        registry = build_registry(view, phases)
+        for collector in collectors:
+            registry.register(collector)
+        serve(registry, options.metrics_port)
     stop = threading.Event()
 
     async def main() -> None:

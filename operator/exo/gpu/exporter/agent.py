@@ -13,7 +13,10 @@ deadline) discovers devices now and then, reads each one, checks health, and pub
   writes score and allocation) causes a 409, answered by a fresh read and a retry that keeps the
   other writer's fields and conditions;
 * a device a successful discovery no longer reports gets ``Ready=False, reason DeviceVanished``
-  and is deleted after a grace period; a failed discovery never vanishes anything;
+  and is deleted after a grace period, unless it is cordoned: a cordon is its operator's (the
+  admission policy refuses the exporter that delete, which would lift the cordon on re-creation),
+  so a cordoned vanished device stays, not Ready, until they lift it; a failed discovery never
+  vanishes anything;
 * impossible readings are counted and skipped, never written; backend failures become
   conditions with their reason; API trouble (unreachable, 5xx, 429) backs off exponentially with
   jitter, while refusals (4xx) are counted and the agent carries on.
@@ -706,7 +709,10 @@ class DeviceAgent:
             else:
                 state.vanished_since = now
         self.metrics.store.remove(name)
-        if now - state.vanished_since >= self.config.vanish_grace_s:
+        if obj.spec.unschedulable:
+            self._log_change(f"cordoned:{name}", "kept", logging.INFO,
+                             f"{name} no longer reported but cordoned: kept for its operator")
+        elif now - state.vanished_since >= self.config.vanish_grace_s:
             await self._call("delete", name, "vanished", self.api.delete(name, obj.metadata.uid))
             self.objects.pop(name, None)
             self.states.pop(name, None)
