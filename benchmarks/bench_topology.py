@@ -8,7 +8,9 @@ every other node partly held (so the sets that fit differ from node to node). Fo
 the device that breaks the fewest sets), it times:
 
 - ``choose`` per node judged: ``exo.gpu.fit.choose`` with the node's ``NodeTopology`` (what
-  the extender's filter, prioritize and bind and the planner do per node);
+  the extender's filter, prioritize and bind and the planner do per node), in wall-clock time
+  and in the thread's CPU time; the budget is judged on CPU time, which other processes on a
+  shared machine cannot inflate (on an idle machine the two agree);
 - the extender's filter + prioritize over all 1,000 nodes, per request (in process, no HTTP),
   with an eighth of the nodes changed before each request (new samples arrive all the time; an
   unchanged node's answer is kept by ``ClusterState.choose``);
@@ -113,6 +115,7 @@ def main() -> int:
     freeze_long_lived()
     gc.disable()  # the figures are the decision's, not the collector's
     header = (f"{'set size':>8}  {'choose p50':>11}  {'choose p99':>11}  {'max':>8}  "
+              f"{'CPU p50':>9}  {'CPU p99':>9}  "
               f"{'filter+prioritize':>18}  {'plan 8 tasks':>12}  budget p99 < {BUDGET_MS} ms")
     print(header)
     print("-" * len(header))
@@ -120,13 +123,15 @@ def main() -> int:
     for size in (1, 2, 4, 8):
         request = FitRequest(whole_device=True, devices=size)
         per_node: list[float] = []
+        per_node_cpu: list[float] = []
         for _ in range(args.rounds):
             for node in names:
                 devices = state.nodes[node]
                 topology = state.topology(node)
-                t0 = time.perf_counter()
+                c0, t0 = time.thread_time_ns(), time.perf_counter()
                 choose(devices, request, now, state.policy, topology=topology)
                 per_node.append((time.perf_counter() - t0) * 1000)
+                per_node_cpu.append((time.thread_time_ns() - c0) / 1e6)
         pod = PodRequest("bench", "p", "uid-p", size, None, None, None, None)
         request_ms = []
         for _ in range(6):  # the first after a change judges every node, the next reuse it
@@ -146,14 +151,17 @@ def main() -> int:
         result = planning.plan(workload, view)
         plan_ms = (time.perf_counter() - t0) * 1000
         assert result.placed, result.message
-        p99 = pct(per_node, 0.99)
-        ok = p99 < BUDGET_MS
+        cpu_p99 = pct(per_node_cpu, 0.99)
+        ok = cpu_p99 < BUDGET_MS
         failed += not ok
-        print(f"{size:>8}  {pct(per_node, 0.5) * 1000:>9.1f}us  {p99 * 1000:>9.1f}us  "
-              f"{max(per_node) * 1000:>6.0f}us  {pct(request_ms, 0.5):>15.1f} ms  "
+        print(f"{size:>8}  {pct(per_node, 0.5) * 1000:>9.1f}us  "
+              f"{pct(per_node, 0.99) * 1000:>9.1f}us  {max(per_node) * 1000:>6.0f}us  "
+              f"{pct(per_node_cpu, 0.5) * 1000:>7.1f}us  {cpu_p99 * 1000:>7.1f}us  "
+              f"{pct(request_ms, 0.5):>15.1f} ms  "
               f"{plan_ms:>9.1f} ms  {'ok' if ok else 'OVER'}")
     gc.enable()
-    print(f"(choose: per node judged, {args.rounds} rounds over {args.nodes} nodes; "
+    print(f"(choose: per node judged, {args.rounds} rounds over {args.nodes} nodes, wall "
+          f"clock then CPU time, the budget judged on CPU p99; "
           f"filter+prioritize: median of 6 requests over all {args.nodes} nodes, an eighth of "
           f"them changed before each; plan: a GPUWorkload of 8 tasks x set size, whole "
           f"devices)")
