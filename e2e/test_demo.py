@@ -36,3 +36,13 @@ def test_demo_places_everything_and_explains_what_it_cannot(tmp_path: Path) -> N
     assert re.search(r"^finetune\s+Running", report, re.M)
     assert re.search(r"^too-big is Pending: .*TooSmall", report, re.M)
     assert len(re.findall(r"^render-pipeline-\S+\s+Running", report, re.M)) == 4
+    # Device sets and domains: each 2-GPU shard on an NVLink pair of gpu-node-d, in rack-2.
+    shards = re.findall(r"^tp-pairs\s+\S+\s+(?:Placed|Running)\s+(\S+)\s+1\s+\S+\s+\S+\s+"
+                        r"(\S+)\s+(\S+)", report, re.M)
+    assert sorted((d, partner, domain) for d, partner, domain in shards) == [
+        ("gpu-node-d-nvidia-0", "1", "rack=rack-2"), ("gpu-node-d-nvidia-2", "3", "rack=rack-2")]
+    assert len(re.findall(r"^  tp-pairs task \d: set score 450: .* NVLink = 450$", report,
+                          re.M)) == 2
+    pair = re.search(r"^pair-notebook\s+Running\s+(\S+)\s+(\S+)", report, re.M)
+    assert pair and pair.group(2).count(",") == 1
+    assert re.search(r"^pair-notebook links: score \d+", report, re.M)

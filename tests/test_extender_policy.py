@@ -288,11 +288,16 @@ def test_fast_path_agrees_with_the_full_rules(
     ordered = view.ordered_by_node["n"]
     fitting = [s.name for s in ordered if fit(s, request, NOW, view.policy).fits]
     verdict = judge_node(view, request, "n", NOW)
-    if len(fitting) >= gpus:
-        assert [s.name for s in verdict.devices] == fitting[:gpus]
+    # A set is of one vendor: the first devices that fit of the vendor whose set starts first.
+    groups = [[n for n in fitting if n.split("-")[1] == v] for v in ("nvidia", "amd")]
+    sets = sorted((g[:gpus] for g in groups if len(g) >= gpus), key=lambda g: fitting.index(g[0]))
+    if sets:
+        assert [s.name for s in verdict.devices] == sets[0]
         assert verdict.rejections == ()
-    else:  # every device that does not fit says why
+    elif len(fitting) < gpus:  # every device that does not fit says why
         assert len(verdict.rejections) == len(ordered) - len(fitting)
+    else:  # enough devices, of two vendors: the others say they cannot join the set
+        assert {str(r.reason) for r in verdict.rejections} == {"VendorMismatch"}
 
 
 class TestPreempt:

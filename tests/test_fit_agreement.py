@@ -137,3 +137,95 @@ def test_a_pod_of_no_workload_is_judged_as_the_seed_selects(
                 best = max(on_node & eligible,
                            key=lambda n: (view.state.device(n).score, -ord(n[-1])))  # type: ignore[union-attr]
                 assert chosen.score == view.state.device(best).score  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------- device sets
+
+LINK_KINDS = [None, ("PCIe", "System", 0), ("PCIe", "SingleSwitch", 0),
+              ("NVLink", "SingleSwitch", 2),
+              ("NVLink", "NUMANode", 4), ("NVSwitch", "NUMANode", 18)]
+
+set_nodes_st = st.lists(st.tuples(
+    st.integers(2, 6),                                  # devices on the node
+    st.lists(st.integers(0, 100), min_size=6, max_size=6),   # utilization per device
+    st.lists(st.sampled_from(range(len(LINK_KINDS))), min_size=15, max_size=15),  # per pair
+), min_size=1, max_size=3)
+set_holds_st = st.lists(st.tuples(
+    st.integers(0, 2), st.integers(0, 5),               # node, device
+    st.one_of(st.none(), st.integers(1, 80)),           # GiB, None: whole
+    st.sampled_from([None, "ns/other", "ns/w"]),
+), max_size=6)
+
+
+def build_sets(nodes: list[tuple[Any, ...]], holds: list[tuple[Any, ...]]
+               ) -> tuple[ClusterView, list[str]]:
+    view = ClusterView(clock=lambda: NOW)
+    names = []
+    for n, (count, utils, kinds) in enumerate(nodes):
+        node = f"s{n}"
+        pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
+        for i in range(count):
+            obj = device(node, i, util=float(utils[i]))
+            peers = []
+            for j in range(count):
+                if j == i:
+                    continue
+                kind = LINK_KINDS[kinds[pairs.index((min(i, j), max(i, j)))]]
+                if kind is not None:
+                    peer: dict[str, Any] = {"device": f"{node}-nvidia-{j}", "link": kind[0],
+                                            "level": kind[1]}
+                    if kind[2]:
+                        peer["links"] = kind[2]
+                    peers.append(peer)
+            obj["status"]["topology"] = {"peers": peers}
+            assert view.apply_device(obj) is not None
+            names.append(obj["metadata"]["name"])
+    for k, (n, i, gib, workload) in enumerate(holds):
+        state = view.state.device(f"s{n % len(nodes)}-nvidia-{i}")
+        if state is None:
+            continue
+        amount = state.total if gib is None else gib * GIB
+        view.commit(Reservation(f"hold-{k}", f"ns/hold-{k}", state.node, (state.device_id,),
+                                amount, workload))
+    return view, names
+
+
+@settings(max_examples=300, deadline=None)
+@given(set_nodes_st, set_holds_st, st.integers(2, 4), st.one_of(st.none(), st.integers(1, 60)))
+def test_planner_and_extender_choose_the_same_set(
+        nodes: list[tuple[Any, ...]], holds: list[tuple[Any, ...]], size: int,
+        need_gib: int | None) -> None:
+    """A workload's task of ``size`` devices: the planner's set is what the filter, prioritize
+    and bind give its pod; and an unplanned pod with the same request finds a node exactly
+    when the planner does, the planner's node scoring highest."""
+    from exo.gpu.extender.bind import reserve
+    from exo.gpu.extender.prioritize import prioritize_nodes
+
+    view, _ = build_sets(nodes, holds)
+    spec: dict[str, Any] = {"tasks": 1, "devicesPerTask": size, "template": TEMPLATE}
+    if need_gib is not None:
+        spec["minMemoryBytes"] = need_gib * GIB
+    workload, invalid = planning.parse_workload({
+        "metadata": {"name": "w", "namespace": "ns", "uid": "u"}, "spec": spec})
+    assert workload is not None, invalid
+    memory = None if need_gib is None else need_gib * GIB
+    node_names = sorted(view.state.nodes)
+    with view.lock:
+        plan = planning.plan(workload, view)
+        loose = PodRequest("ns", "w-loose", "uid-l", size, memory, None, None, "w")
+        outcome = filter_nodes(view, loose, node_names, NOW)
+        assert bool(outcome.passed) == plan.placed, (plan.message, outcome)
+        if not plan.placed:
+            return
+        (placement,) = plan.placements
+        chosen = list(placement.device_set)
+        assert [d.device_id for d in outcome.verdicts[placement.node].devices] == chosen
+        scores = prioritize_nodes(view, loose, outcome.passed, NOW, outcome.verdicts)
+        assert scores[placement.node] == max(scores.values())
+        planned = PodRequest("ns", "w-pod", "uid-p", size, memory, "nvidia", ",".join(chosen),
+                             "w")
+        pinned = filter_nodes(view, planned, [placement.node], NOW)
+        assert pinned.passed == [placement.node]
+        assert [d.device_id for d in pinned.verdicts[placement.node].devices] == chosen
+        decision = reserve(view, planned, placement.node, NOW)
+        assert list(decision.reservation.devices) == chosen

@@ -465,6 +465,10 @@ class GPUClusteringManager:
                 self._require_all(caps, "max_items_per_device")
             now = self.now()
             eligible = self._selector.eligible_in_order(request, now)
+            prefer = request.prefer
+            if prefer is not None:  # preferred affinity first, then score (a stable sort)
+                selector = self._selector
+                eligible.sort(key=lambda d: -prefer.weight(selector.device_state(d).labels))
             weights: list[float] | None
             if named is not None:
                 devices = [d for d in eligible if d in named]

@@ -22,6 +22,8 @@ reason               holds when                                              pre
 ``VendorMismatch``   not the requested vendor                                no
 ``SelectorMismatch`` its labels fail the request's labels or selector, or    no
                      the request's predicate refuses it
+``OutsideDomain``    its node is not in the topology domain the request is   no
+                     packed into (``FitRequest.nodes``)
 ``TooSmall``         its total memory is below the requested amount          no
 ``InUse``            the request is for the whole device and others hold     yes
                      some of it
@@ -45,12 +47,22 @@ Extension:
   in the order, its ``resolvable``/``device_failed``/``memory`` classes and its sentence in
   :meth:`FitResult.message`, plus one check in :func:`_rules` (in :func:`device_verdict` when it
   depends on the device alone), and a field of :class:`FitRequest` when the request names it;
-- ``choose`` keeps a fast path for the common request (a memory size and nothing else,
-  ``FitRequest.simple``); a request field that a rule reads must make the request not simple, or
-  the rule must be added to the fast path too (``tests/test_fit.py`` compares the two);
+- ``choose`` keeps fast paths for the common requests (a memory size and nothing else,
+  ``FitRequest.simple``; the whole device and nothing else, ``FitRequest.whole``); a request
+  field that a rule reads must make the request neither, or the rule must be added to the fast
+  paths too (``tests/test_fit.py`` compares them with :func:`fit`);
 - anything with the attributes of :class:`FitSubject` can be judged (a simulator's own device
-  records); ``FitRequest.devices`` and :func:`choose` take N devices together, the place for
-  device sets and topology.
+  records).
+
+Device sets and links: :func:`choose` takes ``FitRequest.devices`` devices of one node together.
+Given the node's links (``topology``, an ``exo.gpu.topology.NodeTopology``) it collects every
+device that fits and takes the set with the best links (``exo.gpu.topology.best_set``); a
+one-device request takes the fitting device whose removal breaks the fewest good sets
+(``exo.gpu.topology.isolation_cost``). Preferred affinity (``FitRequest.prefer``) comes first in
+both. A set is of one vendor. Without links and preferences it keeps the first devices that
+fit, best score first.
+:func:`choice_rank` is what a node is worth to a request given its choice (the extender's
+priority, the planner's order of nodes for a set).
 """
 
 from __future__ import annotations
@@ -62,8 +74,18 @@ from enum import StrEnum
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from exo.gpu.errors import InvalidRequestError
-from exo.gpu.policy import DEFAULT_POLICY, SelectionPolicy, free_memory_bytes, too_hot
+from exo.gpu.policy import DEFAULT_POLICY, SelectionPolicy, free_memory_bytes, priority, too_hot
 from exo.gpu.telemetry_protocol import GPUDeviceInfo, Vendor
+from exo.gpu.topology import (
+    FABRIC_SCORE_PER_LINK,
+    NodeTopology,
+    SetScore,
+    best_set,
+    isolation_cost,
+    set_score,
+    set_totals,
+    weakest_pair,
+)
 
 __all__ = [
     "FITS",
@@ -73,6 +95,9 @@ __all__ = [
     "FitResult",
     "FitSubject",
     "LabelMatcher",
+    "Preference",
+    "choice_priority",
+    "choice_rank",
     "choose",
     "device_verdict",
     "explain",
@@ -95,6 +120,7 @@ class FitReason(StrEnum):
     TOO_HOT = "TooHot"
     VENDOR_MISMATCH = "VendorMismatch"
     SELECTOR_MISMATCH = "SelectorMismatch"
+    OUTSIDE_DOMAIN = "OutsideDomain"
     TOO_SMALL = "TooSmall"
     IN_USE = "InUse"
     INSUFFICIENT_MEMORY = "InsufficientMemory"
@@ -179,7 +205,7 @@ class FitResult(NamedTuple):
                     "limit")
         if reason is FitReason.VENDOR_MISMATCH:
             return f"vendor {self.detail}"
-        if reason is FitReason.SELECTOR_MISMATCH:
+        if reason is FitReason.SELECTOR_MISMATCH or reason is FitReason.OUTSIDE_DOMAIN:
             return self.detail
         if reason is FitReason.TOO_SMALL:
             return (f"{_gib(self.total_bytes)} in all, {_gib(self.requested_bytes)} "
@@ -208,6 +234,19 @@ class LabelMatcher(Protocol):
     def describe(self) -> str: ...
 
 
+class Preference(Protocol):
+    """Preferred affinity (``exo.gpu.k8s.workload.DeviceAffinity`` is one): weighted terms over
+    a device's labels. ``weight`` sums the weights of the terms the labels match; ``total`` is
+    the sum of every term's weight."""
+
+    def weight(self, labels: dict[str, str]) -> int: ...
+
+    @property
+    def total(self) -> int: ...
+
+    def describe(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class FitRequest:
     """What a pod or a workload asks of a device. Every field is optional.
@@ -222,6 +261,9 @@ class FitRequest:
     - ``devices``: how many devices one request takes together (a pod asking for N GPUs).
     - ``workload``: ``namespace/name`` of the workload the request is for; what that workload
       already holds does not count against it.
+    - ``prefer``: preferred affinity: which of the devices that fit come first.
+    - ``nodes``: the nodes of the topology domain the request is packed into (``domain`` names
+      it, for the ``OutsideDomain`` message).
 
     The first four fields are the seed's ``SelectionRequest`` (an alias of this class).
     """
@@ -235,10 +277,15 @@ class FitRequest:
     planned: frozenset[str] | None = None
     devices: int = 1
     workload: str | None = None
+    prefer: Preference | None = None
+    nodes: frozenset[str] | None = None
+    domain: str = ""
     #: Set by __post_init__: the request has nothing but a memory size (the fast path).
     simple: bool = field(default=False, init=False, compare=False, repr=False)
     #: Set by __post_init__: nothing but a vendor (any available device of it qualifies).
     trivial: bool = field(default=False, init=False, compare=False, repr=False)
+    #: Set by __post_init__: the whole device and nothing else (the other fast path).
+    whole: bool = field(default=False, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         value = self.min_memory_bytes
@@ -270,10 +317,15 @@ class FitRequest:
         if self.workload is not None and not (isinstance(self.workload, str) and self.workload):
             raise InvalidRequestError("workload", f"must be a non-empty string, got "
                                                   f"{self.workload!r}")
-        plain = not self.whole_device and self.labels is None and self.selector is None \
-            and self.predicate is None and self.planned is None and self.workload is None
+        if self.nodes is not None and not isinstance(self.nodes, frozenset):
+            object.__setattr__(self, "nodes", frozenset(self.nodes))
+        bare = self.labels is None and self.selector is None and self.predicate is None \
+            and self.planned is None and self.workload is None and self.prefer is None \
+            and self.nodes is None
+        plain = bare and not self.whole_device
         object.__setattr__(self, "simple", plain and self.vendor is None)
         object.__setattr__(self, "trivial", plain and value == 0)
+        object.__setattr__(self, "whole", bare and self.whole_device and self.vendor is None)
 
     @property
     def is_trivial(self) -> bool:
@@ -420,6 +472,11 @@ def _rules(device: FitSubject, request: FitRequest, now: float | None,
                              detail="excluded by the request's predicate"))
         if not every:
             return out
+    if request.nodes is not None and (info.node or "") not in request.nodes:
+        out.append(FitResult(FitReason.OUTSIDE_DOMAIN, name, detail=(
+            f"node {info.node} is outside {request.domain or 'the domain chosen for it'}")))
+        if not every:
+            return out
     if sample_time is None:
         return out  # free memory is unknown without a sample (NoMetrics says so)
     total = info.memory_total_bytes
@@ -471,51 +528,224 @@ def explain(device: FitSubject, request: FitRequest, now: float | None,
 class Choice(Generic[S]):
     """The devices a request would get among a sequence (a node's, best first), or why not.
 
-    ``devices`` holds at most ``request.devices`` entries: the search stops there.
-    ``rejections`` is filled only when there are fewer, with one result per refused device.
+    ``devices`` holds at most ``request.devices`` entries. ``rejections`` is filled only when
+    there are fewer, with one result per refused device. With several devices of a node whose
+    links were given, ``weakest`` is the chosen set's weakest pair score and :attr:`links` its
+    full ``exo.gpu.topology.set_score`` (worked out when asked: bind and plans explain it, the
+    filter only needs ``weakest``).
     """
 
     devices: list[S]
     rejections: tuple[FitResult, ...] = ()
+    weakest: int | None = None
+    topology: NodeTopology | None = field(default=None, repr=False)
+    _links: SetScore | None = field(default=None, repr=False)
 
     @property
     def resolvable(self) -> bool:
         return any(r.resolvable for r in self.rejections)
 
+    @property
+    def links(self) -> SetScore | None:
+        """How well the chosen set is linked, pair by pair (None for one device or no links
+        given)."""
+        if self._links is None and self.topology is not None and len(self.devices) > 1:
+            self._links = set_score([d.device_id for d in self.devices], self.topology)
+        return self._links
+
+    @property
+    def quality(self) -> float:
+        """``SetScore.quality`` of the chosen set (0 without links)."""
+        return min(1.0, self.weakest / FABRIC_SCORE_PER_LINK) if self.weakest else 0.0
+
 
 def choose(devices: Sequence[S], request: FitRequest, now: float | None,
            policy: SelectionPolicy = DEFAULT_POLICY,
-           reserved: Mapping[str, int] | None = None) -> Choice[S]:
-    """The first ``request.devices`` devices of ``devices`` that fit (keep them best first), or,
-    when there are not enough, every refusal.
+           reserved: Mapping[str, int] | None = None,
+           topology: NodeTopology | None = None) -> Choice[S]:
+    """The devices of ``devices`` (one node's, best score first) that ``request`` gets, or,
+    when fewer than ``request.devices`` fit, every refusal.
 
     ``reserved``: per device, what others hold instead of the ledger's figure (preemption).
+    ``topology``: the node's links. One device without links or preferred affinity: the first
+    that fits; otherwise every device is judged and ``exo.gpu.topology.best_set`` picks the set
+    (for one device: the fitting device of lowest ``isolation_cost``), preferred affinity first
+    (see the module docstring).
     A simple request (a memory size and nothing else) takes a fast path over the precomputed
     verdict: ``available and fresh_until >= now and free >= min_memory_bytes`` is :func:`fit`
-    for such a request, written out.
+    for such a request, written out; so is ``available and fresh_until >= now and reserved ==
+    0`` for the whole device and nothing else.
     """
-    chosen: list[S] = []
     wanted = request.devices
+    linked = topology is not None and topology.linked
+    if linked or request.prefer is not None or wanted > 1:
+        fitting = _fitting(devices, request, now, policy, reserved)
+        if len(fitting) >= wanted:
+            return _pick(devices, fitting, request, reserved, topology)
+        return Choice(fitting, _rejections(devices, request, now, policy, reserved))
+    # One device (a set takes the path above): the first that fits.
     if request.simple and reserved is None:
         need = request.min_memory_bytes
         at = -math.inf if now is None else now
         for device in devices:
             if device.available and device.fresh_until >= at and device.free >= need:
-                chosen.append(device)
-                if len(chosen) == wanted:
-                    return Choice(chosen)
+                return Choice([device])
+    elif request.whole and reserved is None:
+        at = -math.inf if now is None else now
+        for device in devices:
+            if device.available and device.fresh_until >= at and not device.reserved:
+                return Choice([device])
     else:
         for device in devices:
             held = None if reserved is None else reserved.get(device.device_id)
             if not _rules(device, request, now, policy, held, every=False):
-                chosen.append(device)
-                if len(chosen) == wanted:
-                    return Choice(chosen)
+                return Choice([device])
+    return Choice([], _rejections(devices, request, now, policy, reserved))
+
+
+def _fitting(devices: Sequence[S], request: FitRequest, now: float | None,
+             policy: SelectionPolicy, reserved: Mapping[str, int] | None) -> list[S]:
+    if reserved is None and (request.simple or request.whole):
+        at = -math.inf if now is None else now
+        if request.whole:
+            return [d for d in devices if d.available and d.fresh_until >= at and not d.reserved]
+        need = request.min_memory_bytes
+        return [d for d in devices if d.available and d.fresh_until >= at and d.free >= need]
+    return [d for d in devices if not _rules(
+        d, request, now, policy, None if reserved is None else reserved.get(d.device_id),
+        every=False)]
+
+
+def _rejections(devices: Sequence[S], request: FitRequest, now: float | None,
+                policy: SelectionPolicy, reserved: Mapping[str, int] | None
+                ) -> tuple[FitResult, ...]:
+    """Why each device that does not fit does not (for a node that cannot take the request)."""
     rejections = []
-    for device in devices:  # not enough: say why for every device that does not fit
+    for device in devices:
         held = None if reserved is None else reserved.get(device.device_id)
         found = _rules(device, request, now, policy, held, every=False)
         if found:
             rejections.append(found[0])
-    return Choice(chosen, tuple(rejections))
+    return tuple(rejections)
 
+
+def _name(device: FitSubject) -> str:
+    return device.device_id
+
+
+def _pick(devices: Sequence[S], fitting: list[S], request: FitRequest,
+          reserved: Mapping[str, int] | None, topology: NodeTopology | None) -> Choice[S]:
+    """Enough devices fit: the set (or the one device) ``request`` gets among them."""
+    prefer = request.prefer
+    weights = None if prefer is None else [prefer.weight(d.labels) for d in fitting]
+    if request.devices > 1:
+        return _pick_set(fitting, request.devices, topology, weights)
+    if topology is None or not topology.linked:
+        return Choice(best_set(fitting, 1, _NO_LINKS, _name, weights))
+    # One device on a linked node: the one whose removal breaks the fewest good sets.
+    open_devices = [d.device_id for d in devices if d.available and (
+        d.reserved if reserved is None else reserved.get(d.device_id, d.reserved)) == 0]
+    opened = frozenset(open_devices)
+
+    def key(i: int) -> tuple[int, int, int]:
+        device = fitting[i]
+        cost = isolation_cost(device.device_id, open_devices, topology) \
+            if device.device_id in opened else 0
+        return (-weights[i] if weights is not None else 0), cost, i
+
+    return Choice([fitting[min(range(len(fitting)), key=key)]])
+
+
+_NO_LINKS = NodeTopology()
+
+
+def _pick_set(fitting: list[S], n: int, topology: NodeTopology | None,
+              weights: list[int] | None) -> Choice[S]:
+    """The best set of ``n`` among ``fitting``, all of one vendor (a process drives one
+    vendor's devices together): per vendor its best set, then the best of those by the same
+    keys as ``best_set`` (preference, total, weakest pair, earliest candidate)."""
+    links = topology or _NO_LINKS
+    groups: dict[Vendor, list[int]] = {}
+    for i, device in enumerate(fitting):
+        groups.setdefault(device.info.vendor, []).append(i)
+    if len(groups) == 1:
+        return _chosen(best_set(fitting, n, links, _name, weights), topology)
+    best: tuple[tuple[int, int, int, int], list[S]] | None = None
+    for members in groups.values():
+        if len(members) < n:
+            continue
+        chosen = best_set([fitting[i] for i in members], n, links, _name,
+                          None if weights is None else [weights[i] for i in members])
+        total, weakest = set_totals([d.device_id for d in chosen], links)
+        position = {id(fitting[i]): i for i in members}
+        preferred = 0 if weights is None else sum(weights[position[id(d)]] for d in chosen)
+        key = (-preferred, -total, -weakest, position[id(chosen[0])])
+        if best is None or key < best[0]:
+            best = (key, chosen)
+    if best is not None:
+        return _chosen(best[1], topology)
+    largest = max(groups.values(), key=len)
+    main = fitting[largest[0]].info.vendor.value
+    return Choice([fitting[i] for i in largest], tuple(
+        FitResult(FitReason.VENDOR_MISMATCH, d.device_id,
+                  detail=f"{d.info.vendor.value} cannot join a set of {main} devices")
+        for i, d in enumerate(fitting) if i not in largest))
+
+
+def _chosen(chosen: list[S], topology: NodeTopology | None) -> Choice[S]:
+    if topology is None or len(chosen) < 2:
+        return Choice(chosen)
+    return Choice(chosen, weakest=weakest_pair([d.device_id for d in chosen], topology),
+                  topology=topology)
+
+
+class RankedSubject(FitSubject, Protocol):
+    """A device with its score and that score's extender priority
+    (``exo.gpu.state.DeviceState`` is one)."""
+
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def priority(self) -> int: ...
+
+
+R = TypeVar("R", bound=RankedSubject)
+
+
+def choice_rank(choice: Choice[R], request: FitRequest, in_domain: bool | None = None) -> float:
+    """What a node is worth to ``request`` given its ``choice``, within 0..1 (0 when it cannot
+    take the request). The only definition; the mean of the terms that apply::
+
+        device     = the lowest score (exo.gpu.policy.score_device) of the chosen devices
+        links      = choice.quality (SetScore.quality: the weakest pair against one link);
+                     only for a request of several devices (0 when no link is reported)
+        preference = matched preferred-affinity weight / (total weight * devices);
+                     only when the request has preferred affinity
+        domain     = 1 when the node lies in the topology domain the request's group already
+                     uses, else 0; only when the caller says (``in_domain`` not None)
+
+    A one-device request without preferences is worth its device's score, as before sets.
+    """
+    chosen = choice.devices
+    if not chosen or len(chosen) < request.devices:
+        return 0.0
+    terms = [min(d.score for d in chosen)]
+    if request.devices > 1:
+        terms.append(choice.quality)
+    prefer = request.prefer
+    if prefer is not None and prefer.total > 0:
+        matched = sum(prefer.weight(d.labels) for d in chosen)
+        terms.append(matched / (prefer.total * len(chosen)))
+    if in_domain is not None:
+        terms.append(1.0 if in_domain else 0.0)
+    return sum(terms) / len(terms)
+
+
+def choice_priority(choice: Choice[R], request: FitRequest, in_domain: bool | None = None
+                    ) -> int:
+    """:func:`choice_rank` as kube-scheduler's integer extender priority 0..10."""
+    if request.devices == 1 and request.prefer is None and in_domain is None:
+        chosen = choice.devices  # worth its device's score: its priority, computed already
+        return chosen[0].priority if chosen else 0
+    return priority(choice_rank(choice, request, in_domain))

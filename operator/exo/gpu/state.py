@@ -199,6 +199,8 @@ class Ledger:
         #: workload -> device -> bytes held for its planned tasks there.
         self.plans: dict[str, dict[str, int]] = {}
         self._on: dict[str, _DeviceHolds] = {}
+        #: workload -> uids of its pods holding something.
+        self._by_workload: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ pods
     def hold(self, reservation: Reservation) -> set[str]:
@@ -208,6 +210,8 @@ class Ledger:
                                                           f"{reservation.bytes_per_device}")
         touched = self._drop_pod(reservation.pod_uid)
         self.pods[reservation.pod_uid] = reservation
+        if reservation.workload is not None:
+            self._by_workload.setdefault(reservation.workload, set()).add(reservation.pod_uid)
         for device in reservation.devices:
             holds = self._on.setdefault(device, _DeviceHolds())
             previous = holds.pods.get(reservation.pod_uid, (None, 0))[1]
@@ -224,6 +228,12 @@ class Ledger:
         reservation = self.pods.pop(pod_uid, None)
         if reservation is None:
             return set()
+        if reservation.workload is not None:
+            uids = self._by_workload.get(reservation.workload)
+            if uids is not None:
+                uids.discard(pod_uid)
+                if not uids:
+                    del self._by_workload[reservation.workload]
         for device in reservation.devices:
             holds = self._on.get(device)
             if holds is not None:
@@ -288,6 +298,13 @@ class Ledger:
         if workload is not None and held is not None:
             total -= held.get(workload, 0)
         return total
+
+    def workload_devices(self, workload: str) -> set[str]:
+        """The devices ``workload`` holds something on (its pods' and its plan's)."""
+        devices = set(self.plans.get(workload, ()))
+        for uid in self._by_workload.get(workload, ()):
+            devices.update(self.pods[uid].devices)
+        return devices
 
     def on_device(self, device: str) -> list[Reservation]:
         """The pods holding memory of ``device``."""

@@ -27,10 +27,12 @@ from typing import Any
 import click
 
 from ..fit import FitRequest
+from ..k8s.cli import domain_keys, domain_options
 from ..k8s.models import GROUP, VERSION
 from ..k8s.view import ClusterView
 from ..policy import DEFAULT_POLICY, SelectionPolicy
 from ..quantity import format_bytes
+from ..topology import BLOCK_LABEL, RACK_LABEL, DomainKeys
 from .planning import Plan
 
 
@@ -69,13 +71,33 @@ def device_rows(view: ClusterView, now: float) -> list[list[object]]:
 
 
 DEVICE_HEADERS = ("DEVICE", "NODE", "VENDOR", "MODEL", "MEMORY", "UTIL", "TEMP", "SCORE", "STATE")
-PLAN_HEADERS = ("DEVICE", "NODE", "TASKS", "COUNT", "SCORE", "MEMORY", "COMPUTE", "THERMAL")
+PLAN_HEADERS = ("DEVICE", "NODE", "TASKS", "COUNT", "SCORE", "MEMORY", "COMPUTE", "THERMAL",
+                "SET", "LINKS", "DOMAIN")
 
 
 def plan_rows(plan: Plan) -> list[list[object]]:
+    """One row per placement; a device set (devicesPerTask) shows its devices and its set score
+    (and the weakest pair), a packed workload its domain."""
     return [[p.device, p.node, _short(p.tasks_text), len(p.tasks), f"{p.score:.3f}",
-             f"{p.memory:.3f}", f"{p.compute:.3f}", f"{p.thermal:.3f}"]
+             f"{p.memory:.3f}", f"{p.compute:.3f}", f"{p.thermal:.3f}",
+             ",".join(p.devices) if len(p.devices) > 1 else "-",
+             f"{p.links.score} (weakest {p.links.weakest})" if p.links is not None else "-",
+             p.domain or "-"]
             for p in plan.placements]
+
+
+def link_lines(plan: Plan) -> list[str]:
+    """Each set's pairs with their links and scores (``exo.gpu.topology.link_score``)."""
+    lines = []
+    for p in plan.placements:
+        if p.links is None:
+            continue
+        pairs = "; ".join(
+            f"{a.devices[0]}-{a.devices[1]} {a.link or 'unknown'}"
+            + (f" x{a.links}" if a.links else "") + (f" {a.level}" if a.level else "")
+            + f" = {a.score}" for a in p.links.pairs)
+        lines.append(f"  links of {','.join(p.devices)}: {pairs}")
+    return lines
 
 
 def aggregate_lines(view: ClusterView) -> list[str]:
@@ -100,11 +122,14 @@ def _short(text: str, limit: int = 40) -> str:
 
 
 def load_view(api_client: Any, policy: SelectionPolicy = DEFAULT_POLICY,
-              pods: bool = True) -> ClusterView:
-    """A one-shot view from the API: every GPUDevice and (for reservations) every pod."""
+              pods: bool = True, domain_keys: DomainKeys | None = None) -> ClusterView:
+    """A one-shot view from the API: every GPUDevice, (for reservations) every pod, and (for
+    network domains) the nodes' labels where they may be read."""
     from kubernetes import client
+    from kubernetes.client.rest import ApiException
 
-    view = ClusterView(policy=policy)
+    view = ClusterView(policy=policy) if domain_keys is None else \
+        ClusterView(policy=policy, domain_keys=domain_keys)
     custom = client.CustomObjectsApi(api_client)
     response = custom.list_cluster_custom_object(GROUP, VERSION, "gpudevices",
                                                  _preload_content=False)
@@ -114,6 +139,12 @@ def load_view(api_client: Any, policy: SelectionPolicy = DEFAULT_POLICY,
         core = client.CoreV1Api(api_client)
         listing = core.list_pod_for_all_namespaces(_preload_content=False)
         view.resync_pods(json.loads(listing.data).get("items") or [])
+        try:
+            nodes = core.list_node(_preload_content=False)
+        except ApiException as error:  # no right to list nodes: no domains, the rest works
+            logging.getLogger(__name__).warning("node labels not read: %s", error.reason)
+        else:
+            view.resync_nodes(json.loads(nodes.data).get("items") or [])
     return view
 
 
@@ -138,8 +169,11 @@ _OUTPUT = click.option("--output", "-o", type=click.Choice(["table", "json"]), d
               help="GPUWorkload manifest (YAML or JSON; '-' reads stdin).")
 @_KUBECONFIG
 @_OUTPUT
-def plan_command(filename: Path, kubeconfig: str | None, output: str) -> None:
-    """Print where the policy would place a GPUWorkload now, without writing anything."""
+@domain_options
+def plan_command(filename: Path, kubeconfig: str | None, output: str, rack_label: str,
+                 block_label: str) -> None:
+    """Print where the policy would place a GPUWorkload now, without writing anything: each
+    placement's device (or device set, with its link scores) and network domain."""
     import time
 
     import yaml
@@ -154,7 +188,7 @@ def plan_command(filename: Path, kubeconfig: str | None, output: str) -> None:
     docs = [d for d in docs if d.get("kind") == "GPUWorkload"]
     if not docs:
         raise click.ClickException(f"{filename}: no GPUWorkload in the file")
-    view = load_view(_client(kubeconfig))
+    view = load_view(_client(kubeconfig), domain_keys=domain_keys(rack_label, block_label))
     failed = False
     results = []
     for doc in docs:
@@ -174,6 +208,8 @@ def plan_command(filename: Path, kubeconfig: str | None, output: str) -> None:
             click.echo(f"{name}: {result.phase} ({result.reason}): {result.message}")
             if result.placements:
                 click.echo(format_table(PLAN_HEADERS, plan_rows(result)))
+                for line in link_lines(result):
+                    click.echo(line)
             for device, why in sorted(result.excluded.items()):
                 click.echo(f"  not used: {device}: {why}")
         click.echo(f"(as of {time.strftime('%H:%M:%S')}; nothing was written)")
@@ -228,6 +264,7 @@ def top_command(kubeconfig: str | None, output: str, sort: str) -> None:
 @click.option("--history-size", default=2, show_default=True, type=click.IntRange(min=1),
               help="Metrics samples kept per device in the view (2-3 KiB each); the "
                    "decisions use the latest.")
+@domain_options
 @click.option("--log-level", default="INFO", show_default=True)
 def command(**options: Any) -> None:
     """Run the GPUWorkload controller (kopf operator) with its cluster view and /metrics."""
@@ -250,10 +287,16 @@ class ControllerOptions:
     reporting_interval: float
     history_size: int
     log_level: str
+    rack_label: str = RACK_LABEL
+    block_label: str = BLOCK_LABEL
 
     def policy(self) -> SelectionPolicy:
         """The selection policy: staleness derives from ``--reporting-interval``."""
         return SelectionPolicy(reporting_interval_seconds=self.reporting_interval)
+
+    def domain_keys(self) -> DomainKeys:
+        """The node labels naming racks and blocks (``--rack-label``, ``--block-label``)."""
+        return domain_keys(self.rack_label, self.block_label)
 
 
 #: Something else served from the controller's process and view (the scheduler extender):
@@ -284,7 +327,7 @@ def run(options: ControllerOptions, sidecar: Sidecar | None = None,
     # kopf logs every handler run at INFO; only problems are worth a line per object.
     logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.root.level))
     api_client = _client(options.kubeconfig)
-    view = make_view(options.policy(), options.history_size)
+    view = make_view(options.policy(), options.history_size, options.domain_keys())
     current: list[Controller] = []
     electors: list[LeaseElector] = []
 

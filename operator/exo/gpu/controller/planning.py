@@ -22,6 +22,10 @@ or the whole device without ``minMemoryBytes``), made on behalf of the workload,
 workload itself holds does not count against it and what other workloads planned or pods hold
 does. A plan decides placements only; the controller records what they hold (:func:`plan_holds`)
 in the ledger under the same lock, so the next plan sees it.
+
+Device sets (``devicesPerTask``), task affinity and network topology (``topology.packWithin``)
+are planned by :mod:`.grouped` on the core's ``exo.gpu.placement``; a placement then holds a
+set of devices (``PlannedPlacement.devices``), its links and its domain.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from exo.gpu.fit import FitReason, FitRequest, free_for
 from exo.gpu.telemetry_protocol import GPUDeviceInfo
 
 from ..k8s.view import ClusterView, device_labels, workload_key
-from ..k8s.workload import GPUWorkload, GPUWorkloadSpec, Placement
+from ..k8s.workload import GPUWorkload, GPUWorkloadSpec, Placement, PlacementLinks
 from ..quantity import format_bytes
 from .reasons import PlanMode, PodPhase, Reason, WorkloadPhase
 
@@ -66,6 +70,15 @@ class PlannedPlacement:
     compute: float
     thermal: float
     weight: float | None = None
+    #: A device set (devicesPerTask): every device, ``device`` first; its links; its domain.
+    devices: tuple[str, ...] = ()
+    links: PlacementLinks | None = None
+    domain: str | None = None
+
+    @property
+    def device_set(self) -> tuple[str, ...]:
+        """Every device of the placement (one unless it holds a set)."""
+        return self.devices or (self.device,)
 
     def to_status(self, pod: str | None = None) -> Placement:
         from ..k8s.workload import PlacementBreakdown
@@ -76,7 +89,9 @@ class PlannedPlacement:
             breakdown=PlacementBreakdown(memory=round(_unit(self.memory), 4),
                                          compute=round(_unit(self.compute), 4),
                                          thermal=round(_unit(self.thermal), 4)),
-            weight=None if self.weight is None else round(self.weight, 4), pod=pod)
+            weight=None if self.weight is None else round(self.weight, 4), pod=pod,
+            devices=list(self.devices) if len(self.devices) > 1 else None, links=self.links,
+            domain=self.domain)
 
 
 @dataclass(frozen=True)
@@ -151,15 +166,15 @@ def fit_request(workload: GPUWorkload,
     agree. With a template that is ``minMemoryBytes`` of free memory, or without it the whole
     device. Without a template no pod will come: ``minMemoryBytes`` is a filter on free memory
     and its absence asks for nothing. ``exclude``: devices that take no part whatever they are
-    (a partial replan's)."""
+    (a partial replan's). ``affinity.required`` joins the selector, ``affinity.preferred``
+    orders the devices that fit. One device's worth: a set's request is this one with
+    ``devices`` = ``devicesPerTask``."""
     spec = workload.spec
     minimum = spec.min_memory()
-    if spec.template is None:
-        return FitRequest(min_memory_bytes=minimum or 0, selector=spec.device_selector,
-                          predicate=_excluding(exclude),
-                          workload=workload_key(workload.namespace, workload.name))
-    return FitRequest(min_memory_bytes=minimum or 0, whole_device=minimum is None,
-                      selector=spec.device_selector, predicate=_excluding(exclude),
+    return FitRequest(min_memory_bytes=minimum or 0,
+                      whole_device=spec.template is not None and minimum is None,
+                      selector=spec.device_matcher(), prefer=spec.preference(),
+                      predicate=_excluding(exclude),
                       workload=workload_key(workload.namespace, workload.name))
 
 
@@ -180,9 +195,10 @@ def plan_holds(workload: GPUWorkload, view: ClusterView,
     request = fit_request(workload)
     holds = {}
     for placement in placements:
-        device = view.state.device(placement.device)
-        if device is not None:
-            holds[placement.device] = request.reserves(device.total)
+        for name in placement.device_set:
+            device = view.state.device(name)
+            if device is not None:
+                holds[name] = request.reserves(device.total)
     return holds
 
 
@@ -210,7 +226,8 @@ def parse_task_text(text: str, counted: bool) -> list[str]:
 
 
 def pod_name(workload: str, device: str, tasks_text: str) -> str:
-    """Deterministic pod name of a placement: a restarted controller finds, never duplicates."""
+    """Deterministic pod name of a placement: a restarted controller finds, never duplicates.
+    ``device``: the placement's device, or its set's devices joined with commas."""
     digest = hashlib.sha256(f"{device}\0{tasks_text}".encode()).hexdigest()[:10]
     return f"{workload[:242]}-{digest}"
 
@@ -248,14 +265,20 @@ def plan(workload: GPUWorkload, view: ClusterView,
         if previous:
             held = {p.device: parse_task_text(p.tasks, counted) for p in previous}
             if sorted(t for ts in held.values() for t in ts) == sorted(tasks):
-                failures = {d: why for d in held if (why := device_failure(view, d)) is not None}
+                failures = {d: why for p in previous for d in p.device_set()
+                            if (why := device_failure(view, d)) is not None}
                 if not failures:
                     kept = tuple(_planned_from_status(p, view, counted) for p in previous)
                     return Plan(PLACED, Reason.PLACED, _placed_message(kept, len(tasks)), kept,
                                 PlanMode.KEPT)
                 failed = {d: text for d, (_, text) in failures.items()}
                 reasons = {d: reason for d, (reason, _) in failures.items()}
-                partial = _partial(workload, view, previous, held, failed, reasons, counted)
+                if workload.spec.set_size > 1:
+                    from .grouped import replan_sets
+
+                    partial = replan_sets(workload, view, previous, failed, reasons, counted)
+                else:
+                    partial = _partial(workload, view, previous, held, failed, reasons, counted)
                 if partial is not None:
                     return partial
                 full = _full(workload, view, tasks, counted)
@@ -271,7 +294,7 @@ def _planned_from_status(p: Placement, view: ClusterView, counted: bool) -> Plan
         vendor=device.spec.vendor.value if device is not None else "",
         tasks=tuple(parse_task_text(p.tasks, counted)), tasks_text=p.tasks, score=p.score,
         memory=p.breakdown.memory, compute=p.breakdown.compute, thermal=p.breakdown.thermal,
-        weight=p.weight)
+        weight=p.weight, devices=tuple(p.devices or ()), links=p.links, domain=p.domain)
 
 
 def _partial(workload: GPUWorkload, view: ClusterView, previous: Sequence[Placement],
@@ -337,8 +360,13 @@ def _partial(workload: GPUWorkload, view: ClusterView, previous: Sequence[Placem
 
 
 def _full(workload: GPUWorkload, view: ClusterView, tasks: list[str], counted: bool) -> Plan:
+    from .grouped import group
+
     spec = workload.spec
     manager = view.manager
+    grouping = group(workload, view, tasks, counted)  # sets, domains, tasks apart
+    if isinstance(grouping, Plan):
+        return grouping
     if spec.capacities is not None:
         unknown = sorted(d for d in spec.capacities if d not in view.state)
         if unknown:
@@ -349,8 +377,8 @@ def _full(workload: GPUWorkload, view: ClusterView, tasks: list[str], counted: b
                         f"{shown}", mode=PlanMode.NONE)
     try:
         result = manager.plan_workload(
-            tasks, spec.strategy, spec.capacities, spec.max_tasks_per_device,
-            request=fit_request(workload))
+            tasks, spec.strategy, spec.capacities, grouping.caps(spec.max_tasks_per_device),
+            request=grouping.request or fit_request(workload))
     except InsufficientCapacityError as error:
         return Plan(UNSCHEDULABLE, Reason.CAPS_TOO_LOW,
                     f"spec.maxTasksPerDevice={spec.max_tasks_per_device}: {error.reason}",
@@ -361,14 +389,14 @@ def _full(workload: GPUWorkload, view: ClusterView, tasks: list[str], counted: b
         return _why_no_device(workload, view, len(tasks))
     except GPUClusteringError as error:
         return Plan(INVALID, Reason.INVALID_SPEC, str(error), mode=PlanMode.NONE)
-    placements = _placements(view, result.assignments, result.scores, result.weights, spec,
-                             counted)
+    placements = grouping.placed(_placements(view, result.assignments, result.scores,
+                                              result.weights, spec, counted))
     excluded = {d: "; ".join(f"{r.reason}: {r.message}" for r in rejections)
                 for d, rejections in result.excluded.items()}
     reasons: dict[str, FitReason | Reason] = {
         d: rejections[0].reason for d, rejections in result.excluded.items()
         if rejections and rejections[0].reason is not None}
-    message = _placed_message(placements, len(tasks))
+    message = _placed_message(placements, len(tasks)) + grouping.note
     if excluded:
         message += f"; {len(excluded)} device(s) in capacities not eligible: " + ", ".join(
             f"{d} ({reasons.get(d, '?')})" for d in sorted(excluded)[:5])
@@ -418,6 +446,15 @@ def _why_no_device(workload: GPUWorkload, view: ClusterView, task_count: int) ->
             return Plan(UNSCHEDULABLE, Reason.NO_DEVICE_MATCHES_SELECTOR,
                         f"spec.deviceSelector {selector.describe()} matches none of the "
                         f"{len(names)} GPUDevice(s)", mode=PlanMode.NONE)
+    required = spec.affinity.required if spec.affinity is not None else None
+    if required is not None:
+        matching = [d for d in pool if required.matches(device_labels_of(view, d))]
+        if not matching:
+            return Plan(UNSCHEDULABLE, Reason.AFFINITY_UNSATISFIED,
+                        f"spec.affinity.required ({required.describe()}) matches none of the "
+                        f"{len(pool)} GPUDevice(s) {'selected' if pool != names else 'known'}",
+                        mode=PlanMode.NONE)
+        pool = matching
     request = fit_request(workload)
     now = view.manager.now()
     reasons: dict[FitReason, int] = {}

@@ -16,6 +16,7 @@ from ..k8s.view import (
     ANNOTATION_DEVICE,
     ANNOTATION_DEVICE_UUID,
     ANNOTATION_MIN_MEMORY,
+    ANNOTATION_PACK_WITHIN,
     ANNOTATION_TASKS,
     ANNOTATION_VENDOR,
     ANNOTATION_WORKLOAD,
@@ -40,8 +41,10 @@ def build_pod(body: Mapping[str, Any], workload: GPUWorkload, placement: Planned
     """The pod that runs ``placement`` (DESIGN.md section 7).
 
     From the workload's template: owner reference to the workload (garbage collection deletes
-    the pod with it), the workload/device/tasks annotations, one ``gpu.exo.dev/gpu`` on the first
-    container, the vendor's visible-device variables from the downward API (the extender writes
+    the pod with it), the workload/device/tasks annotations, one ``gpu.exo.dev/gpu`` per device
+    of the placement (a set with ``devicesPerTask``; the device annotation lists them all) on
+    the first container, ``gpu.exo.dev/pack-within`` when the workload is packed into a domain,
+    the vendor's visible-device variables from the downward API (the extender writes
     ``gpu.exo.dev/device-uuid`` at bind), ``EXO_GPU_TASKS``, and a required node affinity to the
     planned device's node so kube-scheduler and the extender place it where the plan says.
     """
@@ -54,9 +57,12 @@ def build_pod(body: Mapping[str, Any], workload: GPUWorkload, placement: Planned
     annotations = {
         **(metadata.get("annotations") or {}),
         ANNOTATION_WORKLOAD: workload_name,
-        ANNOTATION_DEVICE: placement.device,
+        ANNOTATION_DEVICE: ",".join(placement.device_set),
         ANNOTATION_TASKS: placement.tasks_text,
     }
+    packing = workload.spec.topology
+    if packing is not None:
+        annotations[ANNOTATION_PACK_WITHIN] = packing.pack_within
     if placement.vendor:
         annotations[ANNOTATION_VENDOR] = placement.vendor
     if workload.spec.min_memory_bytes is not None:
@@ -66,17 +72,18 @@ def build_pod(body: Mapping[str, Any], workload: GPUWorkload, placement: Planned
         for var in VISIBLE_DEVICE_ENV.get(placement.vendor, ())]
     env += [{"name": "EXO_GPU_TASKS", "value": ",".join(placement.tasks)},
             {"name": "EXO_GPU_WORKLOAD", "value": workload_name},
-            {"name": "EXO_GPU_DEVICE", "value": placement.device}]
+            {"name": "EXO_GPU_DEVICE", "value": ",".join(placement.device_set)}]
     names = {e["name"] for e in env}
     containers = spec.get("containers") or []
     for i, container in enumerate(containers):
         container["env"] = [e for e in container.get("env") or [] if e.get("name") not in names]
         container["env"] += copy.deepcopy(env)
         if i == 0:
+            count = str(len(placement.device_set))
             resources = container.setdefault("resources", {})
-            resources.setdefault("limits", {})[GPU_RESOURCE] = "1"
+            resources.setdefault("limits", {})[GPU_RESOURCE] = count
             if GPU_RESOURCE in (resources.get("requests") or {}):
-                resources["requests"][GPU_RESOURCE] = "1"
+                resources["requests"][GPU_RESOURCE] = count
     spec.setdefault("restartPolicy", "Never")
     if placement.node:
         _pin_to_node(spec, placement.node)

@@ -38,6 +38,13 @@ class Reason(StrEnum):
     NO_DEVICE_MATCHES_SELECTOR = "NoDeviceMatchesSelector"
     INSUFFICIENT_MEMORY = "InsufficientMemory"
     NO_ELIGIBLE_DEVICE = "NoEligibleDevice"
+    # Placed=False: device sets, affinity, network topology (controller/grouped.py)
+    AFFINITY_UNSATISFIED = "AffinityUnsatisfied"
+    SET_TOO_LARGE = "SetTooLarge"
+    NO_DEVICE_SET = "NoDeviceSet"
+    NO_DOMAIN_FITS = "NoDomainFits"
+    TOO_FEW_DOMAINS = "TooFewDomains"
+    TOPOLOGY_LABEL_MISSING = "TopologyLabelMissing"
     # PodsReady
     PODS_RUNNING = "PodsRunning"
     PODS_SUCCEEDED = "PodsSucceeded"

@@ -116,7 +116,8 @@ def decide(body: Mapping[str, Any], current: Mapping[str, Any],
     delete: list[tuple[str, str]] = []
     holding: list[PlannedPlacement] = []
     if template:
-        desired = {planning.pod_name(name, p.device, p.tasks_text): p for p in placements} \
+        desired = {planning.pod_name(name, ",".join(p.device_set), p.tasks_text): p
+                   for p in placements} \
             if plan.placed else {}
         for pod, info in pods.items():
             if pod not in desired and not info.deleting:
@@ -166,7 +167,7 @@ def _decision(body: Mapping[str, Any], current: Mapping[str, Any], status: GPUWo
     revision = (status.plan_revision or 0) + (1 if replanned else 0)
     new = GPUWorkloadStatus(
         phase=phase,
-        placements=[p.to_status(planning.pod_name(name, p.device, p.tasks_text)
+        placements=[p.to_status(planning.pod_name(name, ",".join(p.device_set), p.tasks_text)
                                 if template else None) for p in placements],
         task_count=sum(len(p.tasks) for p in placements),
         device_count=len(placements), message=message[:32768], conditions=conditions,

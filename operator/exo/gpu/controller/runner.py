@@ -30,6 +30,7 @@ from typing import Any
 
 from ..k8s.view import ClusterView
 from ..policy import DEFAULT_POLICY, SelectionPolicy
+from ..topology import DEFAULT_DOMAIN_KEYS, DomainKeys
 from .api import ControllerAPI, LeaseElector
 from .controller import Controller, ControllerConfig
 from .handlers import build_registry
@@ -61,9 +62,12 @@ DEFAULT_HISTORY_SIZE = 2
 
 
 def make_view(policy: SelectionPolicy | None = None,
-              history_size: int = DEFAULT_HISTORY_SIZE) -> ClusterView:
-    """A ``ClusterView`` whose manager keeps ``history_size`` samples per device."""
-    return ClusterView(policy=policy or DEFAULT_POLICY, history_size=history_size)
+              history_size: int = DEFAULT_HISTORY_SIZE,
+              domain_keys: DomainKeys = DEFAULT_DOMAIN_KEYS) -> ClusterView:
+    """A ``ClusterView`` whose manager keeps ``history_size`` samples per device, reading
+    racks and blocks from the node labels of ``domain_keys``."""
+    return ClusterView(policy=policy or DEFAULT_POLICY, history_size=history_size,
+                       domain_keys=domain_keys)
 
 
 def settings() -> Any:

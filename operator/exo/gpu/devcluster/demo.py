@@ -4,9 +4,11 @@
    fleet (NVIDIA, AMD, Intel, Apple and Qualcomm devices);
 2. one simulated exporter per node and the controller (serving the scheduler extender) as
    processes, kube-scheduler reconfigured with the extender;
-3. sample GPUWorkloads and GPU pods (``data/demo-workloads.yaml``);
+3. sample GPUWorkloads and GPU pods (``data/demo-workloads.yaml``), among them a workload of
+   2-GPU tasks packed into one rack and a 2-GPU pod;
 4. once everything has settled: the devices with their scores, every placement with its score
-   breakdown, every pod with its node and device (or why it is Pending).
+   breakdown (device sets with their link scores, packed workloads with their rack), every pod
+   with its node and devices (or why it is Pending).
 
 With ``--kubeconfig`` (or ``KUBECONFIG``) it targets an existing cluster instead: it installs the
 CRDs, runs simulated exporters and the controller locally against that cluster, applies the
@@ -133,7 +135,8 @@ class Demo:
             vendors = sorted({d["vendor"] for d in node["devices"]})
             create_gpu_node(api, node["name"], vendor=vendors[0] if len(vendors) == 1 else None,
                             gpus=len(node["devices"]),
-                            labels={"gpu.exo.dev/vendors": "-".join(vendors)})
+                            labels={"gpu.exo.dev/vendors": "-".join(vendors),
+                                    **node.get("labels", {})})
         self.say(f"created {len(fleet['nodes'])} fake GPU nodes: "
                  + ", ".join(n["name"] for n in fleet["nodes"]))
 
@@ -267,24 +270,35 @@ class Demo:
 
         workloads = custom.list_namespaced_custom_object(
             "gpu.exo.dev", "v1alpha1", DEMO_NAMESPACE, "gpuworkloads")["items"]
-        rows = []
+        rows, sets = [], []
         for w in sorted(workloads, key=lambda w: w["metadata"]["name"]):
             status = w.get("status") or {}
             placements = status.get("placements") or []
             if not placements:
                 rows.append([w["metadata"]["name"], w["spec"].get("strategy", "uniform"),
-                             status.get("phase", "?"), "-", "-", "-", "-",
+                             status.get("phase", "?"), "-", "-", "-", "-", "-", "-",
                              _first_message(status)])
             for p in placements:
                 b = p.get("breakdown") or {}
+                links = p.get("links")
                 rows.append([w["metadata"]["name"], w["spec"].get("strategy", "uniform"),
                              status.get("phase", "?"), p["device"], p.get("taskCount", "?"),
                              f"{p.get('score', 0):.2f}",
                              f"{b.get('memory', 0):.2f}/{b.get('compute', 0):.2f}/"
-                             f"{b.get('thermal', 0):.2f}", p.get("tasks", "")])
-        out += ["GPUWorkload placements (breakdown: memory/compute/thermal penalty)",
+                             f"{b.get('thermal', 0):.2f}",
+                             "+".join(d.rsplit("-", 1)[1] for d in p["devices"][1:]) or "-"
+                             if p.get("devices") else "-",
+                             p.get("domain") or "-", p.get("tasks", "")])
+                if links:
+                    pairs = "; ".join(f"{'-'.join(q['devices'])} {q.get('link', '?')} "
+                                      f"= {q['score']}" for q in links["pairs"])
+                    sets.append(f"  {w['metadata']['name']} task {p.get('tasks')}: set score "
+                                f"{links['score']}: {pairs}")
+        out += ["GPUWorkload placements (breakdown: memory/compute/thermal penalty; SET: the "
+                "other devices of a device set; DOMAIN: the rack or zone packed into)",
                 format_table(["WORKLOAD", "STRATEGY", "PHASE", "DEVICE", "TASKS", "SCORE",
-                              "BREAKDOWN", "TASK IDS / REASON"], rows), ""]
+                              "BREAKDOWN", "SET", "DOMAIN", "TASK IDS / REASON"], rows),
+                *sets, ""]
         if with_pods:
             rows, pending = [], []
             for pod in sorted(core.list_namespaced_pod(DEMO_NAMESPACE).items,
@@ -293,6 +307,9 @@ class Demo:
                 if pod.spec.node_name:
                     rows.append([pod.metadata.name, pod.status.phase, pod.spec.node_name,
                                  annotations.get("gpu.exo.dev/device", "-")])
+                    if "gpu.exo.dev/device-links" in annotations:
+                        pending.append(f"{pod.metadata.name} links: "
+                                       f"{annotations['gpu.exo.dev/device-links']}")
                 else:
                     events = core.list_namespaced_event(
                         DEMO_NAMESPACE,

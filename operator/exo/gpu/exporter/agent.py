@@ -7,7 +7,8 @@ deadline) discovers devices now and then, reads each one, checks health, and pub
 * a discovered device without an object gets one; a changed identity patches the exporter-owned
   spec fields (never ``unschedulable``, which belongs to whoever cordons the device);
 * status is written only when :func:`write_decision` says so (DESIGN section 6: deadband, 30 s
-  heartbeat with jitter, at most one write per 5 s per device), or when a condition changes;
+  heartbeat with jitter, at most one write per 5 s per device), or when a condition or the
+  device's links (``status.topology``, read from the backend at each discovery) change;
 * ``PUT /status`` carries the resourceVersion last read, so a concurrent writer (the controller
   writes score and allocation) causes a 409, answered by a fresh read and a retry that keeps the
   other writer's fields and conditions;
@@ -49,12 +50,14 @@ from exo.gpu.k8s.models import (
     DeviceMetrics,
     GPUDevice,
     GPUDeviceStatus,
+    LinkTopology,
     display_memory,
     find_condition,
     set_condition,
     to_time,
 )
 from exo.gpu.telemetry_protocol import GPUDeviceInfo, GPUMetrics
+from exo.gpu.topology import DeviceLinks
 
 from .backends.base import HEALTHY, Backend, BackendError, DeviceHealth, DeviceLost
 from .kubeapi import ApiError, Conflict, NotFound
@@ -110,6 +113,7 @@ DEFAULT_POLICY = WritePolicy()
 class WriteReason(StrEnum):
     INITIAL = "initial"
     CONDITIONS = "conditions"
+    TOPOLOGY = "topology"
     MEMORY = "memory"
     UTILIZATION = "utilization"
     TEMPERATURE = "temperature"
@@ -126,20 +130,26 @@ def write_decision(
     *,
     conditions_changed: bool = False,
     heartbeat_s: float | None = None,
+    topology_changed: bool = False,
 ) -> WriteReason | None:
     """Why the status should be written now, or None to skip.
 
     Order: the rate limit first (nothing within ``min_interval_s`` of the last write, whatever
-    changed), then condition changes, then the deadbands (a change of at least the band counts),
-    then the heartbeat (``heartbeat_s`` overrides the policy's, for per-device jitter). With no
-    new sample only a condition change is written: a heartbeat means fresh data.
+    changed), then condition changes, then link changes (``topology_changed``: a peer, a link
+    count, a PCIe level, the NUMA node or the PCIe root; discrete values, so any change counts),
+    then the deadbands (a change of at least the band counts), then the heartbeat
+    (``heartbeat_s`` overrides the policy's, for per-device jitter). With no new sample only a
+    condition or link change is written: a heartbeat means fresh data.
     """
     if last_write_time is None:
-        return WriteReason.INITIAL if (new_sample is not None or conditions_changed) else None
+        return WriteReason.INITIAL if (new_sample is not None or conditions_changed
+                                       or topology_changed) else None
     if now - last_write_time < policy.min_interval_s:
         return None
     if conditions_changed:
         return WriteReason.CONDITIONS
+    if topology_changed:
+        return WriteReason.TOPOLOGY
     if new_sample is None:
         return None
     if prev_written is None:
@@ -230,8 +240,10 @@ def build_status(
     conditions: ConditionState,
     now: float,
     generation: int | None,
+    topology: LinkTopology | None = None,
 ) -> GPUDeviceStatus:
-    """The status to write: exporter fields replaced, the controller's fields kept (pure)."""
+    """The status to write: exporter fields replaced, the controller's fields kept (pure).
+    ``topology`` None keeps what the status holds (the backend said nothing new)."""
     base = current or GPUDeviceStatus()
     moment = to_time(now, whole_seconds=True)
     conds: list[Condition] = list(base.conditions)
@@ -247,6 +259,8 @@ def build_status(
             memory=display_memory(sample.memory_used_bytes, sample.memory_total_bytes)
         )
         update["last_heartbeat_time"] = to_time(now)
+    if topology is not None:
+        update["topology"] = topology
     result: GPUDeviceStatus = base.model_copy(update=update)
     return result
 
@@ -357,6 +371,8 @@ class DeviceAgent:
         self.states: dict[str, DeviceState] = {}
         self.objects: dict[str, GPUDevice] = {}
         self.present: dict[str, GPUDeviceInfo] | None = None  # last successful discovery
+        #: The devices' links as the backend last reported them (read at each discovery).
+        self.links: dict[str, DeviceLinks] = {}
         self.write_log: deque[WriteRecord] = deque(maxlen=10_000)
         self._last_discovery: float | None = None
         self._rediscover = False
@@ -419,6 +435,7 @@ class DeviceAgent:
                 self._last_discovery = now
                 self._rediscover = False
                 cycle.discovery_ok = True
+                self._read_links(infos)
         cycle.present = dict(self.present or {})
         for device_id, info in cycle.present.items():
             state = self.states.get(device_id)
@@ -434,6 +451,23 @@ class DeviceAgent:
         self.metrics.scrape_success.labels(backend).set(1 if success else 0)
         self.metrics.devices.labels(backend).set(len(cycle.present))
         return cycle
+
+    def _read_links(self, infos: list[GPUDeviceInfo]) -> None:
+        """The devices' links, after a discovery. A failure keeps the last ones (links rarely
+        change; a failing read must not make them vanish) and is counted."""
+        backend = self.backend.name
+        try:
+            self.links = self.backend.topology(infos)
+        except BackendError as exc:
+            self.metrics.backend_errors.labels(backend, exc.reason).inc()
+            self._log_change("topology", exc.reason, logging.WARNING,
+                             f"reading the links failed: {exc}")
+        except ValueError as exc:  # a report the core refuses (e.g. a fabric with no links)
+            self.metrics.backend_errors.labels(backend, "InvalidTopology").inc()
+            self._log_change("topology", "invalid", logging.WARNING,
+                             f"the backend reported impossible links: {exc}")
+        else:
+            self._log_change("topology", "ok", logging.DEBUG, "links read")
 
     def _read(self, state: DeviceState, now: float) -> bool:
         backend = self.backend.name
@@ -599,6 +633,9 @@ class DeviceAgent:
         )
         if now < state.refused_until:
             return
+        links = self.links.get(name)
+        topology = LinkTopology.from_links(links) if links is not None and (
+            links.peers or links.numa_node is not None or links.pcie_root is not None) else None
         reason = write_decision(
             state.written,
             state.sample,
@@ -607,9 +644,11 @@ class DeviceAgent:
             self.config.policy,
             conditions_changed=changed,
             heartbeat_s=state.heartbeat_s,
+            topology_changed=topology is not None and (
+                obj.status is None or obj.status.topology != topology),
         )
         if reason is not None:
-            await self._write_status(state, name, wanted, reason, now)
+            await self._write_status(state, name, wanted, reason, now, topology=topology)
 
     async def _write_status(
         self,
@@ -619,11 +658,13 @@ class DeviceAgent:
         reason: str,
         now: float,
         include_sample: bool = True,
+        topology: LinkTopology | None = None,
     ) -> None:
         use_sample = state.sample if include_sample else None
         for attempt in range(3):
             obj = self.objects[name]
-            status = build_status(obj.status, use_sample, wanted, now, obj.metadata.generation)
+            status = build_status(obj.status, use_sample, wanted, now, obj.metadata.generation,
+                                  topology)
             try:
                 written = await self._call(
                     "status",

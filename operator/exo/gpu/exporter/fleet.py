@@ -8,6 +8,7 @@ it against a clock, so the same file and the same clock readings always give the
 ```yaml
 nodes:
   - name: gpu-node-a
+    labels: {topology.exo.dev/rack: rack-1}   # the fake Node's labels (local cluster, demo)
     devices:
       - vendor: nvidia                 # nvidia | amd | intel | apple | qualcomm
         model: NVIDIA H100 80GB HBM3
@@ -19,20 +20,38 @@ nodes:
         temperature: {idle: 35, full: 78, heatingPerMinute: 0.5, max: 95}
         power: {idle: 70, full: 700}
         clock: {idle: 1100, full: 1980}
+        pciBusId: "00000000:18:00.0"
+        numaNode: 0
+        pcieRoot: pci0000:17           # the PCIe root complex (pairs on one root: HostBridge)
         failures:
           - {kind: disappear, at: 300}              # no longer discovered from t=300 s
           - {kind: error, at: 100, until: 130}      # every read fails
           - {kind: invalid, at: 50, until: 60}      # impossible readings (used above total)
           - {kind: unhealthy, at: 200, reason: XidError}
           - {kind: hang, at: 400, until: 410, seconds: 5}   # reads block (real seconds)
+          - {kind: linkdown, at: 500, until: 560}   # its fabric links are down (PCIe only)
+    links:                             # every pair of the listed devices (positions in devices)
+      - {devices: [0, 1], type: NVLink, count: 4, level: SingleSwitch}
+      - {devices: [0, 1, 2, 3], type: NVSwitch, count: 18}
+      - {devices: [2, 3], type: PCIe, level: SingleSwitch}
 ```
 Utilization patterns: ``constant`` (``value``), ``sine`` (``base``, ``amplitude``,
 ``periodSeconds``, ``phaseSeconds``), ``step`` (``steps: [{at, value}, ...]``). Times are seconds
 since the simulation started.
 
+Links (``exo.gpu.topology``): each entry of a node's ``links`` joins every pair of its
+``devices`` with a fabric (``NVLink``, ``NVSwitch``, ``XGMI``, ``XeLink``: ``count`` links, and
+``hops``) or gives their PCIe path (``type: PCIe`` with a ``level``: SameBoard, SingleSwitch,
+MultiSwitch, HostBridge, NUMANode, System); a fabric entry may give the level too. A pair with
+no level given gets the one its devices' ``pcieRoot`` and ``numaNode`` imply (one root:
+HostBridge, one NUMA node: NUMANode, two: System). The examples in ``data/fleet-topology.yaml``
+describe an 8-GPU NVSwitch node, 4 GPUs in NVLink pairs behind PCIe switches and an 8-GPU XGMI
+node.
+
 A bad file is refused as a whole at load, with the file, the entry (``nodes[0].devices[1]``) and
 the reason: unknown vendor, memory used above total, negative values, utilization that leaves
-0..100, duplicate nodes or devices (same vendor and index on a node, or the same UUID twice).
+0..100, duplicate nodes or devices (same vendor and index on a node, or the same UUID twice),
+links naming a device the node does not have, or two fabrics for one pair.
 """
 
 from __future__ import annotations
@@ -49,6 +68,7 @@ from pydantic.alias_generators import to_camel
 from exo.gpu import quantity
 from exo.gpu.errors import InvalidRequestError
 from exo.gpu.telemetry_protocol import Vendor
+from exo.gpu.topology import MAX_LINKS, LinkType, PCIeLevel
 
 
 def parse_quantity(value: Any) -> int:
@@ -159,7 +179,7 @@ class Scaled(_FleetModel):
 class Failure(_FleetModel):
     """A scripted fault; active for ``at <= t < until`` (``until`` absent: forever)."""
 
-    kind: Literal["disappear", "error", "invalid", "unhealthy", "hang"]
+    kind: Literal["disappear", "error", "invalid", "unhealthy", "hang", "linkdown"]
     at: Seconds
     until: Seconds | None = None
     reason: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9]*$")] = "SimulatedFault"
@@ -184,6 +204,7 @@ class FleetDevice(_FleetModel):
     compute_capacity: Annotated[float, Field(gt=0)] | None = None
     pci_bus_id: str | None = None
     numa_node: Annotated[int, Field(ge=0)] | None = None
+    pcie_root: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     utilization: LoadPattern = LoadPattern()
     memory_used: MemoryBehaviour = MemoryBehaviour()
     temperature: Thermal = Thermal()
@@ -214,11 +235,62 @@ class FleetDevice(_FleetModel):
         return self
 
 
+class FleetLink(_FleetModel):
+    """Every pair of ``devices`` (positions in the node's ``devices``) is linked so."""
+
+    devices: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2)]
+    type: LinkType
+    count: Annotated[int, Field(ge=1, le=MAX_LINKS)] | None = None
+    level: PCIeLevel | None = None
+    hops: Annotated[int, Field(ge=1, le=64)] = 1
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FleetLink:
+        if len(set(self.devices)) != len(self.devices):
+            raise ValueError(f"devices {self.devices} names a device twice")
+        if self.type is LinkType.PCIE:
+            if self.count is not None:
+                raise ValueError("a PCIe entry has no count (fabric links)")
+            if self.level is None:
+                raise ValueError("a PCIe entry needs a level")
+        elif self.count is None:
+            raise ValueError(f"a {self.type} entry needs a count (its links per pair)")
+        return self
+
+
 class FleetNode(_FleetModel):
     name: Annotated[
         str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     ]
     devices: list[FleetDevice] = Field(default_factory=list)
+    links: list[FleetLink] = Field(default_factory=list)
+    #: Labels of the node itself (its rack, zone): what the local cluster puts on the fake
+    #: Node; the exporter does not read them.
+    labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]],
+                      Field(max_length=64)] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _links_within_node(self) -> FleetNode:
+        fabric: dict[tuple[int, int], int] = {}
+        for n, link in enumerate(self.links):
+            for position in link.devices:
+                if position >= len(self.devices):
+                    raise ValueError(f"links[{n}].devices: position {position} is not a device "
+                                     f"of the node (it has {len(self.devices)})")
+            if link.type is LinkType.PCIE:
+                continue
+            for pair in pairs(link.devices):
+                if pair in fabric:
+                    raise ValueError(f"links[{n}]: devices {pair[0]} and {pair[1]} already have "
+                                     f"a fabric in links[{fabric[pair]}]")
+                fabric[pair] = n
+        return self
+
+
+def pairs(positions: list[int]) -> list[tuple[int, int]]:
+    """Every pair of ``positions``, each as (smaller, larger)."""
+    ordered = sorted(positions)
+    return [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:]]
 
 
 class ResolvedDevice(BaseModel):
@@ -230,6 +302,8 @@ class ResolvedDevice(BaseModel):
     index: int
     uuid: str
     spec: FleetDevice
+    #: Its position in the node's ``devices`` (what ``links`` refer to).
+    position: int = 0
 
 
 class Fleet(_FleetModel):
@@ -239,10 +313,13 @@ class Fleet(_FleetModel):
         return [n.name for n in self.nodes]
 
     def devices_of(self, node: str) -> list[ResolvedDevice]:
+        return _resolve(self.node(node))
+
+    def node(self, name: str) -> FleetNode:
         for entry in self.nodes:
-            if entry.name == node:
-                return _resolve(entry)
-        raise KeyError(node)
+            if entry.name == name:
+                return entry
+        raise KeyError(name)
 
 
 def _default_uuid(node: str, vendor: Vendor, index: int) -> str:
@@ -254,12 +331,13 @@ def _default_uuid(node: str, vendor: Vendor, index: int) -> str:
 def _resolve(node: FleetNode) -> list[ResolvedDevice]:
     counters: dict[Vendor, int] = {}
     out = []
-    for device in node.devices:
+    for place, device in enumerate(node.devices):
         position = counters.get(device.vendor, 0)
         counters[device.vendor] = position + 1
         index = position if device.index is None else device.index
         uuid = device.uuid or _default_uuid(node.name, device.vendor, index)
-        out.append(ResolvedDevice(node=node.name, index=index, uuid=uuid, spec=device))
+        out.append(ResolvedDevice(node=node.name, index=index, uuid=uuid, spec=device,
+                                  position=place))
     return out
 
 

@@ -18,7 +18,8 @@ from typing import Any
 from urllib.parse import quote
 
 from exo.gpu.k8s.aioclient import ApiError, AsyncKubeClient
-from exo.gpu.k8s.view import ClusterView, Reservation
+from exo.gpu.k8s.view import ANNOTATION_LINKS, ClusterView, Reservation
+from exo.gpu.topology import SetScore
 
 from .filter import fit_request
 from .wire import (
@@ -41,13 +42,18 @@ class BindError(RuntimeError):
 class Decision:
     reservation: Reservation
     uuids: tuple[str, ...]
+    #: A set's links (several devices): written as ``gpu.exo.dev/device-links``.
+    links: SetScore | None = None
 
     def annotations(self) -> dict[str, str]:
-        return {
+        out = {
             ANNOTATION_DEVICE: ",".join(self.reservation.devices),
             ANNOTATION_DEVICE_UUID: ",".join(self.uuids),
             ANNOTATION_RESERVED: str(self.reservation.bytes_per_device),
         }
+        if self.links is not None:
+            out[ANNOTATION_LINKS] = self.links.describe()[:4096]
+        return out
 
 
 def reserve(view: ClusterView, pod: PodRequest, node: str, now: float) -> Decision:
@@ -74,7 +80,8 @@ def reserve(view: ClusterView, pod: PodRequest, node: str, now: float) -> Decisi
                                   devices=tuple(slot.name for slot in chosen),
                                   bytes_per_device=per_device, workload=request.workload)
         view.commit(reservation)
-        return Decision(reservation, tuple(_uuid(slot, slot.name) for slot in chosen))
+        return Decision(reservation, tuple(_uuid(slot, slot.name) for slot in chosen),
+                        choice.links)
 
 
 def _uuid(slot: Any, fallback: str) -> str:

@@ -15,15 +15,17 @@ from typing import Any
 
 import click
 
+from exo.gpu.k8s.cli import domain_keys, domain_options
 from exo.gpu.policy import DEFAULT_POLICY, SelectionPolicy
+from exo.gpu.topology import DEFAULT_DOMAIN_KEYS, DomainKeys
 
 from .server import MAX_BODY_BYTES, ServingTLS, serving_tls
 
 
 async def serve(kubeconfig: str | None, host: str, port: int, tls: ServingTLS | None,
                 stop: asyncio.Event | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-                reporting_interval: float = DEFAULT_POLICY.reporting_interval_seconds
-                ) -> None:
+                reporting_interval: float = DEFAULT_POLICY.reporting_interval_seconds,
+                domain_keys: DomainKeys = DEFAULT_DOMAIN_KEYS) -> None:
     """Serve the extender until ``stop``; ``tls`` None is plain HTTP (asked for by name)."""
     from kubernetes import client, config
 
@@ -39,7 +41,8 @@ async def serve(kubeconfig: str | None, host: str, port: int, tls: ServingTLS | 
     else:
         config.load_incluster_config(client_configuration=configuration)
     api = client.ApiClient(configuration)
-    view = ClusterView(policy=SelectionPolicy(reporting_interval_seconds=reporting_interval))
+    view = ClusterView(policy=SelectionPolicy(reporting_interval_seconds=reporting_interval),
+                       domain_keys=domain_keys)
     informer = Informer(view, api).start()
     binder = Binder(view, bind_client(kubeconfig))
     server = ExtenderServer(view, binder, ready=informer.synced.is_set,
@@ -136,14 +139,17 @@ def tls_from_options(tls_cert: str | None, tls_key: str | None, tls_client_ca: s
               show_default=True, type=click.FloatRange(5, 3600),
               help="The exporters' --report-interval: a device is stale after 3 of them "
                    "without a write.")
+@domain_options
 @click.option("--log-level", default="INFO", show_default=True)
 def command(kubeconfig: str | None, host: str, port: int, tls_cert: str | None,
             tls_key: str | None, tls_client_ca: str | None, tls_client_name: tuple[str, ...],
             plain_http: bool, max_request_bytes: int, reporting_interval: float,
+            rack_label: str, block_label: str,
             log_level: str) -> None:
     """Serve kube-scheduler's extender verbs (filter, prioritize, bind) for GPU pods."""
     tls = tls_from_options(tls_cert, tls_key, tls_client_ca, tls_client_name, plain_http)
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(serve(kubeconfig, host, port, tls, max_body_bytes=max_request_bytes,
-                      reporting_interval=reporting_interval))
+                      reporting_interval=reporting_interval,
+                      domain_keys=domain_keys(rack_label, block_label)))

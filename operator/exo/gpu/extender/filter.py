@@ -8,6 +8,11 @@ memory after what others hold and measured use, or, without that annotation, the
 (nobody else holds any of it). Memory the pod's own workload holds for it (its plan) is the
 pod's to take.
 
+On a node whose devices report links, a pod of several GPUs is judged by the set it would get
+(the best-linked set that fits), and a one-GPU pod by the device whose removal breaks the fewest
+good sets (``exo.gpu.topology``). A pod's ``gpu.exo.dev/device-affinity`` requires devices
+(refused ones say ``SelectorMismatch``) and prefers others.
+
 Nodes fail with a reason a user can act on. Reasons that preemption cannot cure (no devices,
 vendor, health, temperature, staleness, a device too small whatever happens) go to
 ``FailedAndUnresolvableNodes``; memory held by others goes to ``FailedNodes``.
@@ -32,7 +37,9 @@ NodeVerdict = Choice[Slot]
 
 
 def fit_request(pod: PodRequest) -> FitRequest:
-    """The core's request for ``pod`` (its annotations and GPU count)."""
+    """The core's request for ``pod`` (its annotations and GPU count; its device affinity:
+    required devices as a selector, preferred ones as the preference)."""
+    affinity = pod.affinity
     return FitRequest(
         min_memory_bytes=pod.min_memory_bytes or 0,
         whole_device=pod.min_memory_bytes is None,
@@ -41,12 +48,14 @@ def fit_request(pod: PodRequest) -> FitRequest:
         if pod.planned_device else None,
         devices=max(pod.gpus, 1),
         workload=workload_key(pod.namespace, pod.workload) if pod.workload else None,
+        selector=affinity.required if affinity is not None else None,
+        prefer=affinity if affinity is not None and affinity.preferred else None,
     )
 
 
 def judge_node(view: ClusterView, request: FitRequest, node: str, now: float) -> NodeVerdict:
-    """The devices the request would get on ``node`` (best score first, ties by name), or why
-    not (the core's ``choose``)."""
+    """The devices the request would get on ``node``, or why not (the core's ``choose`` with
+    the node's links)."""
     return view.state.choose(node, request, now)
 
 
@@ -64,15 +73,20 @@ def filter_nodes(view: ClusterView, pod: PodRequest, node_names: Iterable[str], 
     outcome = FilterOutcome([], {}, {}, {})
     request = fit_request(pod)
     wanted = request.devices
-    known = view.state.nodes
-    policy = view.state.policy
+    state = view.state
+    known = state.nodes
+    policy = state.policy
+    linked = state.linked_nodes
     passed, verdicts = outcome.passed, outcome.verdicts
     for node in node_names:
         devices = known.get(node)
         if not devices:
             outcome.unresolvable[node] = NO_DEVICES
             continue
-        verdict = choose(devices, request, now, policy)
+        if node in linked:  # every device judged there: the state keeps recent answers
+            verdict = state.choose(node, request, now)
+        else:
+            verdict = choose(devices, request, now, policy)
         verdicts[node] = verdict
         if len(verdict.devices) >= wanted:
             passed.append(node)

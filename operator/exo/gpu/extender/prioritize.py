@@ -1,21 +1,21 @@
-"""Prioritize: a node scores what the devices the pod would get there score.
+"""Prioritize: a node scores what the devices the pod would get there are worth to it.
 
-For a one-GPU pod that is the node's best device that fits; for a pod asking for N GPUs, the
-N-th best (the weakest of those bind would choose). Which devices fit is the core's decision
-(``exo.gpu.fit.choose``, the same as the filter's).
-
-The device score is the core policy's (``exo.gpu.policy.score_device``: free memory, compute
-headroom, thermal penalty, in 0..1), mapped to kube-scheduler's integer extender priority 0..10 by
-``exo.gpu.policy.extender_score`` when the device changes (``DeviceState.priority``).
-A node with no device that fits scores 0.
+Which devices the pod would get is the core's decision (``exo.gpu.fit.choose``, the same as the
+filter's and bind's); what they are worth is the core's ``exo.gpu.fit.choice_priority``: the
+weakest chosen device's score (``exo.gpu.policy.score_device``: free memory, compute headroom,
+thermal penalty), averaged, where they apply, with how well a set is linked (a pod of several
+GPUs), how much of the pod's preferred device affinity it meets, and whether the node lies in the
+domain the pod's workload already uses (``gpu.exo.dev/pack-within`` with ``gpu.exo.dev/workload``),
+mapped to kube-scheduler's integer extender priority 0..10. A one-GPU pod with none of these
+scores its device's priority. A node with no device that fits scores 0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from exo.gpu.fit import choose
-from exo.gpu.k8s.view import ClusterView
+from exo.gpu.fit import choice_priority, choose
+from exo.gpu.k8s.view import ClusterView, workload_key
 
 from .filter import NodeVerdict, fit_request
 from .wire import PodRequest
@@ -25,13 +25,17 @@ def prioritize_nodes(view: ClusterView, pod: PodRequest, node_names: Iterable[st
                      known: Mapping[str, NodeVerdict] | None = None) -> dict[str, int]:
     """Integer scores 0..10 per node. ``known`` reuses verdicts the filter just computed."""
     request = fit_request(pod)
-    wanted = request.devices
-    nodes, policy = view.state.nodes, view.state.policy
+    state = view.state
+    known_nodes, policy, linked = state.nodes, state.policy, state.linked_nodes
+    level = pod.pack_within
+    domains = state.workload_domains(workload_key(pod.namespace, pod.workload), level) \
+        if level is not None and pod.workload else set()
     scores: dict[str, int] = {}
     for node in node_names:
         verdict = known.get(node) if known is not None else None
         if verdict is None:
-            verdict = choose(nodes.get(node, ()), request, now, policy)
-        devices = verdict.devices
-        scores[node] = devices[wanted - 1].priority if len(devices) >= wanted else 0
+            verdict = state.choose(node, request, now) if node in linked else \
+                choose(known_nodes.get(node, ()), request, now, policy)
+        in_domain = state.domain_of(node, level) in domains if domains and level else None
+        scores[node] = choice_priority(verdict, request, in_domain)
     return scores

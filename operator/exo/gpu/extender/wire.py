@@ -9,22 +9,29 @@ reason; nothing else in the extender looks at raw JSON.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic import ValidationError
 
 from exo.gpu import quantity
 from exo.gpu.errors import InvalidRequestError
 from exo.gpu.k8s.view import (
     ANNOTATION_DEVICE,
+    ANNOTATION_DEVICE_AFFINITY,
     ANNOTATION_DEVICE_UUID,
     ANNOTATION_MIN_MEMORY,
+    ANNOTATION_PACK_WITHIN,
     ANNOTATION_RESERVED,
     ANNOTATION_VENDOR,
     ANNOTATION_WORKLOAD,
     GPU_RESOURCE,
 )
+from exo.gpu.k8s.workload import DeviceAffinity
 from exo.gpu.telemetry_protocol import Vendor
+from exo.gpu.topology import DomainLevel
 
 __all__ = [
     "ANNOTATION_DEVICE",
@@ -82,6 +89,10 @@ class PodRequest:
     planned_device: str | None
     workload: str | None
     node_name: str | None = None
+    #: ``gpu.exo.dev/device-affinity``: required and preferred devices.
+    affinity: DeviceAffinity | None = None
+    #: ``gpu.exo.dev/pack-within``: the level whose domain the pod's workload uses.
+    pack_within: DomainLevel | None = None
 
     @property
     def key(self) -> str:
@@ -154,6 +165,17 @@ def parse_pod(value: Any, field: str = "Pod") -> PodRequest:
         vendor = _string(vendor, where).lower()
         if vendor not in _VENDORS:
             raise WireError(where, f"unknown vendor {vendor!r} (known: {', '.join(_VENDORS)})")
+    affinity = _affinity(annotations.get(ANNOTATION_DEVICE_AFFINITY),
+                         f"{field}.metadata.annotations[{ANNOTATION_DEVICE_AFFINITY}]")
+    pack_within = annotations.get(ANNOTATION_PACK_WITHIN)
+    if pack_within is not None:
+        where = f"{field}.metadata.annotations[{ANNOTATION_PACK_WITHIN}]"
+        try:
+            pack_within = DomainLevel(_string(pack_within, where))
+        except ValueError:
+            known = ", ".join(level.value for level in DomainLevel)
+            raise WireError(where, f"unknown topology level {pack_within!r} (known: {known})"
+                            ) from None
     return PodRequest(
         namespace=_string(metadata.get("namespace") or "default", f"{field}.metadata.namespace"),
         name=_string(metadata.get("name"), f"{field}.metadata.name"),
@@ -166,7 +188,26 @@ def parse_pod(value: Any, field: str = "Pod") -> PodRequest:
         planned_device=annotations.get(ANNOTATION_DEVICE) or None,
         workload=annotations.get(ANNOTATION_WORKLOAD) or None,
         node_name=spec.get("nodeName") or None,
+        affinity=affinity,
+        pack_within=pack_within,
     )
+
+
+def _affinity(text: Any, field: str) -> DeviceAffinity | None:
+    """The pod's device affinity annotation (JSON), or a WireError naming the part at fault."""
+    if text is None:
+        return None
+    try:
+        data = json.loads(_string(text, field))
+    except json.JSONDecodeError as error:
+        raise WireError(field, f"not JSON: {error}") from None
+    try:
+        return DeviceAffinity.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = "".join(f".{part}" if isinstance(part, str) else f"[{part}]"
+                        for part in first.get("loc", ()))
+        raise WireError(f"{field}{where}", str(first.get("msg", "invalid"))) from None
 
 
 def parse_filter_args(body: Any) -> FilterArgs:

@@ -6,6 +6,9 @@ view, including the allocation ledger, from the API), then watches from that res
 A lost or expired watch (410 Gone, a dropped connection, the API server restarting) is answered
 by a fresh list, so the view converges whatever happened in between. ``synced`` is set once both
 first listings are in: nothing may be bound before the ledger has been rebuilt.
+
+A third thread follows the Nodes' labels (their network domains: zone, rack, block). It is not
+part of ``synced``: without it (no RBAC to list nodes) every decision but topology packing works.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ class Informer:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Informer:
-        for name, target in (("gpudevices", self._run_devices), ("pods", self._run_pods)):
+        for name, target in (("gpudevices", self._run_devices), ("pods", self._run_pods),
+                             ("nodes", self._run_nodes)):
             thread = threading.Thread(target=target, name=f"informer-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -112,6 +116,22 @@ class Informer:
                 self.view.apply_pod(obj)
 
         self._loop("pods", list_all, self.view.resync_pods, on_event)
+
+    def _run_nodes(self) -> None:
+        from kubernetes import client
+
+        api = client.CoreV1Api(self.api_client)
+
+        def list_all(**kw: Any) -> Any:
+            return api.list_node(**kw)
+
+        def on_event(kind: str, obj: Mapping[str, Any]) -> None:
+            if kind == "DELETED":
+                self.view.remove_node((obj.get("metadata") or {}).get("name", ""))
+            else:
+                self.view.apply_node(obj)
+
+        self._loop("nodes", list_all, self.view.resync_nodes, on_event)
 
     # ------------------------------------------------------------------ list + watch
     def _loop(

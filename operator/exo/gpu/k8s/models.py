@@ -29,6 +29,7 @@ from exo.gpu.telemetry_protocol import (
     GPUMetrics,
     Vendor,
 )
+from exo.gpu.topology import MAX_LINKS, DeviceLinks, LinkType, PCIeLevel, PeerLink
 
 GROUP = "gpu.exo.dev"
 VERSION = "v1alpha1"
@@ -353,8 +354,73 @@ class DeviceAllocation(KubeModel):
     )
 
 
+#: Most peers one device reports (every other device of its node).
+MAX_PEERS = 64
+
+
+class DevicePeer(KubeModel):
+    """How the device reaches another device of its node (``exo.gpu.topology.PeerLink``)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [CELRule(
+        rule="self.link == 'PCIe' ? (!has(self.links) || self.links == 0) : "
+             "(has(self.links) && self.links >= 1)",
+        message="links counts the fabric links: at least 1 for NVLink, NVSwitch, XGMI and "
+                "XeLink, none for PCIe",
+        reason="FieldValueInvalid").to_crd()]})
+
+    device: Annotated[str, Field(min_length=1, max_length=253)] = Field(
+        description="GPUDevice name of the peer (same node).")
+    link: LinkType = Field(description="Fastest path: PCIe, NVLink, NVSwitch, XGMI or XeLink.")
+    level: PCIeLevel | None = Field(
+        default=None, description="PCIe path (closest common ancestor): SameBoard, SingleSwitch, "
+                                  "MultiSwitch, HostBridge, NUMANode or System.")
+    links: Annotated[int, Field(ge=0, le=MAX_LINKS)] | None = Field(
+        default=None, description="Fabric links between the two (NVLinks; for NVSwitch the "
+                                  "fewer of the two devices' switch links).")
+    hops: Annotated[int, Field(ge=1, le=64)] | None = Field(
+        default=None, description="Fabric hops (AMD reports them); absent: direct.")
+    weight: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="AMD link weight (lower is closer), for people.")
+
+    @classmethod
+    def from_link(cls, link: PeerLink) -> DevicePeer:
+        return cls(device=link.peer, link=link.type, level=link.level,
+                   links=link.links or None, hops=None if link.hops == 1 else link.hops,
+                   weight=link.weight)
+
+    def to_link(self) -> PeerLink:
+        return PeerLink(self.device, self.link, self.level, self.links or 0, self.hops or 1,
+                        self.weight)
+
+
+class LinkTopology(KubeModel):
+    """Where the device sits in its node and how it reaches the others (exporter-written)."""
+
+    numa_node: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="NUMA node of the device's PCIe root.")
+    pcie_root: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        default=None,
+        description="PCIe root complex the device hangs off, as sysfs names it (pci0000:00).")
+    peers: Annotated[list[DevicePeer], Field(max_length=MAX_PEERS)] = Field(
+        default_factory=list, description="One entry per other device of the node.",
+        json_schema_extra={"x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["device"]})
+
+    @classmethod
+    def from_links(cls, links: DeviceLinks) -> LinkTopology:
+        return cls(numa_node=links.numa_node, pcie_root=links.pcie_root,
+                   peers=[DevicePeer.from_link(p) for p in links.peers])
+
+    def to_links(self) -> DeviceLinks:
+        """The core's form (raises the core's ValueError for an inconsistent peer)."""
+        return DeviceLinks(self.numa_node, self.pcie_root,
+                           tuple(sorted((p.to_link() for p in self.peers),
+                                        key=lambda link: link.peer)))
+
+
 class GPUDeviceStatus(KubeModel):
-    """Live state: metrics, heartbeat (exporter); conditions; score, allocation (controller)."""
+    """Live state: metrics, heartbeat, links (exporter); conditions; score, allocation
+    (controller)."""
 
     metrics: DeviceMetrics | None = None
     display: DeviceDisplay | None = None
@@ -376,6 +442,9 @@ class GPUDeviceStatus(KubeModel):
         default=None, description="Selection score 0..1 (controller)."
     )
     allocation: DeviceAllocation | None = None
+    topology: LinkTopology | None = Field(
+        default=None, description="NUMA node, PCIe root and links to the node's other devices "
+                                  "(exporter).")
 
 
 def device_name(node: str, vendor: Vendor | str, index: int) -> str:
@@ -519,6 +588,12 @@ class GPUDevice(KubeModel):
             pci_bus_id=topology.pci_bus_id,
             numa_node=topology.numa_node,
         )
+
+    def links(self) -> DeviceLinks | None:
+        """The core's form of ``status.topology`` (None when not reported)."""
+        if self.status is None or self.status.topology is None:
+            return None
+        return self.status.topology.to_links()
 
     def latest_sample(self) -> GPUMetrics | None:
         """Core sample of ``status.metrics`` (None when no metrics were written yet)."""

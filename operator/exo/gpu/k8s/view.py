@@ -15,7 +15,9 @@ handlers) and turns them into the core's terms, in ``exo.gpu.cluster.ClusterStat
   API: a fresh view rebuilds the ledger from a pod listing;
 - the controller adds the holds of its plans (``set_plan_holds``) under the same lock as the
   planning, and the extender commits a bind's reservation under it together with the device
-  choice, so two pods, or two plans, or a plan and a pod, can never be given the same memory.
+  choice, so two pods, or two plans, or a plan and a pod, can never be given the same memory;
+- a GPUDevice's ``status.topology`` becomes its links (its node's topology), and a Node's labels
+  its network domains (``apply_node``; ``domain_keys`` says which labels name racks and blocks).
 
 Every rule (what fits, what is free, what is stale) is the core's; this module only translates.
 """
@@ -36,8 +38,9 @@ from exo.gpu.clustering import GPUClusteringManager
 from exo.gpu.policy import DEFAULT_POLICY, SelectionPolicy
 from exo.gpu.quantity import parse_quantity
 from exo.gpu.state import DeviceState, Reservation
+from exo.gpu.topology import DEFAULT_DOMAIN_KEYS, DeviceLinks, DomainKeys
 
-from .models import LABEL_NODE, LABEL_VENDOR, GPUDevice, find_condition
+from .models import LABEL_MODEL, LABEL_NODE, LABEL_VENDOR, GPUDevice, find_condition, label_value
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,14 @@ ANNOTATION_WORKLOAD = "gpu.exo.dev/workload"
 ANNOTATION_TASKS = "gpu.exo.dev/tasks"
 ANNOTATION_MIN_MEMORY = "gpu.exo.dev/min-memory"
 ANNOTATION_VENDOR = "gpu.exo.dev/vendor"
+#: A pod's device affinity: JSON of ``exo.gpu.k8s.workload.DeviceAffinity`` (required and
+#: preferred devices by vendor, model and labels).
+ANNOTATION_DEVICE_AFFINITY = "gpu.exo.dev/device-affinity"
+#: With ``gpu.exo.dev/workload``: the level (node, rack, block, zone) whose domain the
+#: workload's pods already use scores higher for the pod.
+ANNOTATION_PACK_WITHIN = "gpu.exo.dev/pack-within"
+#: Written at bind for a pod of several devices: the set's link scores, pair by pair.
+ANNOTATION_LINKS = "gpu.exo.dev/device-links"
 GPU_RESOURCE = "gpu.exo.dev/gpu"
 
 #: The core's per-device state, under the name the extender used for it.
@@ -55,8 +66,11 @@ Slot = DeviceState
 
 __all__ = [
     "ANNOTATION_DEVICE",
+    "ANNOTATION_DEVICE_AFFINITY",
     "ANNOTATION_DEVICE_UUID",
+    "ANNOTATION_LINKS",
     "ANNOTATION_MIN_MEMORY",
+    "ANNOTATION_PACK_WITHIN",
     "ANNOTATION_RESERVED",
     "ANNOTATION_TASKS",
     "ANNOTATION_VENDOR",
@@ -76,8 +90,12 @@ def workload_key(namespace: str | None, name: str) -> str:
 
 
 def device_labels(device: GPUDevice) -> dict[str, str]:
-    """A device's labels, with node and vendor implied from its spec when not labelled."""
+    """A device's labels, with node, vendor and model implied from its spec when not
+    labelled."""
     labels = {LABEL_NODE: device.spec.node, LABEL_VENDOR: device.spec.vendor.value}
+    model = label_value(device.spec.model)
+    if model:
+        labels[LABEL_MODEL] = model
     labels.update(device.metadata.labels)
     return labels
 
@@ -93,12 +111,15 @@ class ClusterView:
     #: the latest sample; one more keeps a late sample in order. At 2-3 KiB a sample, the core's
     #: default of 300 would cost gigabytes at 10,000 devices.
     history_size: int = 2
+    #: Which node labels name each network domain (zone, block, rack).
+    domain_keys: DomainKeys = DEFAULT_DOMAIN_KEYS
     state: ClusterState = field(init=False)
     lock: threading.RLock = field(default_factory=threading.RLock)
     devices: dict[str, GPUDevice] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.state = ClusterState(self.policy, clock=self.clock, history_size=self.history_size)
+        self.state = ClusterState(self.policy, clock=self.clock, history_size=self.history_size,
+                                  domain_keys=self.domain_keys)
 
     # ------------------------------------------------------------------ the core's parts
     @property
@@ -154,14 +175,41 @@ class ClusterView:
                     previous.spec.node != device.spec.node:
                 labels = device_labels(device)
             ready, detail = _readiness(device)
+            links = _links(device)
             self.devices[device.name] = device
             try:
                 self.state.update_device(device.name, info=info, labels=labels,
                                          cordoned=device.spec.unschedulable, ready=ready,
-                                         ready_detail=detail, sample=device.latest_sample())
+                                         ready_detail=detail, sample=device.latest_sample(),
+                                         links=links)
             except ValueError as error:
                 log.warning("metrics of %s skipped: %s", device.name, error)
             return device
+
+    # ------------------------------------------------------------------ nodes
+    def apply_node(self, obj: Mapping[str, Any]) -> None:
+        """Record a Node's labels (its network domains); nothing else of a Node is read."""
+        metadata = obj.get("metadata") or {}
+        name = metadata.get("name")
+        if not name:
+            return
+        labels = metadata.get("labels") or {}
+        with self.lock:
+            self.state.set_node_labels(name, {str(k): str(v) for k, v in labels.items()})
+
+    def remove_node(self, name: str) -> None:
+        with self.lock:
+            self.state.remove_node(name)
+
+    def resync_nodes(self, nodes: Iterable[Mapping[str, Any]]) -> None:
+        """Make the node labels match a full listing."""
+        nodes = list(nodes)
+        live = {(n.get("metadata") or {}).get("name") for n in nodes}
+        with self.lock:
+            for gone in [n for n in self.state.node_labels if n not in live]:
+                self.state.remove_node(gone)
+            for node in nodes:
+                self.apply_node(node)
 
     def remove_device(self, name: str) -> None:
         with self.lock:
@@ -259,6 +307,18 @@ class ClusterView:
     def reservations_on(self, device: str) -> list[Reservation]:
         with self.lock:
             return self.state.ledger.on_device(device)
+
+
+_NO_LINKS = DeviceLinks()
+
+
+def _links(device: GPUDevice) -> DeviceLinks:
+    """The device's links; a report the core cannot use is logged and counts as none."""
+    try:
+        return device.links() or _NO_LINKS
+    except ValueError as error:
+        log.warning("links of %s skipped: %s", device.name, error)
+        return _NO_LINKS
 
 
 def _readiness(device: GPUDevice) -> tuple[bool, str]:

@@ -18,18 +18,23 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from exo.gpu import quantity
 from exo.gpu.quantity import QUANTITY_PATTERN
+from exo.gpu.telemetry_protocol import Vendor
+from exo.gpu.topology import LinkType, PCIeLevel, SetScore
 
 from .models import (
+    LABEL_MODEL,
+    LABEL_VENDOR,
     CELRule,
     Condition,
     CRDInfo,
     KubeModel,
     ObjectMeta,
     PrinterColumn,
+    label_value,
 )
 
 KIND = "GPUWorkload"
@@ -213,6 +218,142 @@ QuantityField = Annotated[
 ]
 
 
+# --------------------------------------------------------------------------------------------
+# spec: device sets, affinity and network topology (decided by exo.gpu.placement)
+# --------------------------------------------------------------------------------------------
+
+#: Most devices one task may take together (one node's worth of the largest machines).
+MAX_DEVICES_PER_TASK = 64
+#: The network topology levels, smallest first (``exo.gpu.topology.DomainLevel``).
+TopologyLevel = Literal["node", "rack", "block", "zone"]
+LEVEL_RANK: dict[str, int] = {"node": 0, "rack": 1, "block": 2, "zone": 3}
+
+
+_LEVELS_CEL = "{'node': 0, 'rack': 1, 'block': 2, 'zone': 3}"
+
+
+class DeviceTerm(KubeModel):
+    """Devices by vendor, model and labels; a device matches when it meets every part given."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [CELRule(
+        rule="!has(self.vendors) || !has(self.labels) || !has(self.labels.matchLabels) || "
+             "!('gpu.exo.dev/vendor' in self.labels.matchLabels) || "
+             "self.labels.matchLabels['gpu.exo.dev/vendor'] in self.vendors",
+        message="labels.matchLabels gpu.exo.dev/vendor conflicts with vendors: no device can "
+                "match both",
+        reason="FieldValueInvalid").to_crd()]})
+
+    vendors: Annotated[list[Vendor], Field(min_length=1, max_length=5)] | None = Field(
+        default=None, description="One of these vendors.")
+    models: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=256)]],
+        Field(min_length=1, max_length=64),
+    ] | None = Field(default=None, description=(
+        "One of these models: the GPUDevice's spec.model (NVIDIA H100 80GB HBM3) or its "
+        "gpu.exo.dev/model label (NVIDIA-H100-80GB-HBM3)."))
+    labels: LabelSelector | None = Field(default=None, description="A selector over the "
+                                                                   "GPUDevice's labels.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeviceTerm:
+        wanted = (self.labels.match_labels.get(LABEL_VENDOR) if self.labels is not None
+                  else None)
+        if wanted is not None and self.vendors is not None and \
+                wanted not in {v.value for v in self.vendors}:
+            raise ValueError(f"labels.matchLabels[{LABEL_VENDOR}]={wanted} conflicts with "
+                             f"vendors {[v.value for v in self.vendors]}: no device can match")
+        return self
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        if self.vendors is not None and labels.get(LABEL_VENDOR) not in \
+                {v.value for v in self.vendors}:
+            return False
+        if self.models is not None and labels.get(LABEL_MODEL) not in \
+                {label_value(m) for m in self.models}:
+            return False
+        return self.labels is None or self.labels.matches(labels)
+
+    def describe(self) -> str:
+        parts = []
+        if self.vendors is not None:
+            parts.append("vendor in (" + ",".join(v.value for v in self.vendors) + ")")
+        if self.models is not None:
+            parts.append("model in (" + ",".join(self.models) + ")")
+        if self.labels is not None:
+            parts.append(self.labels.describe())
+        return " and ".join(parts) or "<any device>"
+
+
+class WeightedDeviceTerm(DeviceTerm):
+    """A preferred term: devices it matches come first, by weight."""
+
+    weight: Annotated[int, Field(ge=1, le=100)] = Field(description="1..100.")
+
+
+class DeviceAffinity(KubeModel):
+    """Which devices a workload's tasks (or a pod, by its ``gpu.exo.dev/device-affinity``
+    annotation) must or would rather have. It is the core's preference
+    (``exo.gpu.fit.Preference``)."""
+
+    required: DeviceTerm | None = Field(default=None, description="Only devices matching "
+                                                                  "this take part.")
+    preferred: Annotated[list[WeightedDeviceTerm], Field(max_length=16)] = Field(
+        default_factory=list, description="Devices matching these come first (weights add up).")
+
+    def weight(self, labels: dict[str, str]) -> int:
+        return sum(term.weight for term in self.preferred if term.matches(labels))
+
+    @property
+    def total(self) -> int:
+        return sum(term.weight for term in self.preferred)
+
+    def describe(self) -> str:
+        return "; ".join(f"{t.weight}: {t.describe()}" for t in self.preferred)
+
+
+class TaskAffinity(KubeModel):
+    """Where the tasks go relative to each other."""
+
+    keep: Literal["Together", "Apart"] = Field(description=(
+        "Together: every task in one domain of the level given by 'by' (one node by default); "
+        "Apart: no two tasks in one domain of that level."))
+    by: TopologyLevel = Field(default="node", description="node, rack, block or zone.")
+    required: bool = Field(default=True, description=(
+        "true: wait (Unschedulable) rather than break it; false: as far as the cluster "
+        "allows."))
+
+
+class WorkloadAffinity(DeviceAffinity):
+    """Device affinity, and affinity between the workload's tasks."""
+
+    tasks: TaskAffinity | None = None
+
+
+class TopologySpec(KubeModel):
+    """Pack the tasks into one network domain (nodes share a domain by their labels)."""
+
+    pack_within: TopologyLevel = Field(description=(
+        "node, rack, block or zone: every task in the smallest domain of that level that "
+        "holds them all (zone: topology.kubernetes.io/zone; rack and block: the labels the "
+        "controller is configured with)."))
+    required: bool = Field(default=False, description=(
+        "true: wait (Unschedulable) until one domain can hold every task; false: when none "
+        "can, use the fewest domains."))
+
+
+class AllOf:
+    """Several label matchers, all of which must match (a core ``LabelMatcher``)."""
+
+    def __init__(self, parts: tuple[LabelSelector | DeviceTerm, ...]) -> None:
+        self.parts = parts
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return all(part.matches(labels) for part in self.parts)
+
+    def describe(self) -> str:
+        return " and ".join(part.describe() for part in self.parts)
+
+
 class GPUWorkloadSpec(KubeModel):
     """What to spread, how, and over which devices."""
 
@@ -243,6 +384,65 @@ class GPUWorkloadSpec(KubeModel):
         default=None,
         description="Pod template: when given, the controller runs one pod per placement.",
     )
+    # -- device sets, affinity and network topology ----------------------------------------
+    devices_per_task: Annotated[int, Field(ge=1, le=MAX_DEVICES_PER_TASK)] | None = Field(
+        default=None, description=(
+            "Devices each task takes together, all on one node (the best-linked set that "
+            "fits). Above 1 every task gets its own set, so strategy stays uniform and "
+            "neither capacities nor maxTasksPerDevice apply."))
+    affinity: WorkloadAffinity | None = Field(
+        default=None, description="Required and preferred devices; tasks together or apart.")
+    topology: TopologySpec | None = Field(
+        default=None, description="Pack the tasks into one network domain (rack, block, ...).")
+
+    @model_validator(mode="after")
+    def _placement_consistent(self) -> GPUWorkloadSpec:
+        """Conflicting placement rules, each named (the CRD's CEL rules say the same)."""
+        if (self.devices_per_task or 1) > 1:
+            if self.capacities is not None:
+                raise ValueError("capacities: not with devicesPerTask above 1 (each task "
+                                 "takes a whole set)")
+            if self.strategy != "uniform":
+                raise ValueError("strategy: only uniform with devicesPerTask above 1")
+            if (self.max_tasks_per_device or 1) > 1:
+                raise ValueError("maxTasksPerDevice: at most 1 with devicesPerTask above 1")
+        affinity = self.affinity
+        tasks = affinity.tasks if affinity is not None else None
+        if tasks is not None and self.topology is not None:
+            if tasks.keep == "Together":
+                raise ValueError("affinity.tasks: keep Together and topology.packWithin both "
+                                 "place the tasks together; keep one (topology)")
+            if LEVEL_RANK[tasks.by] >= LEVEL_RANK[self.topology.pack_within]:
+                raise ValueError(
+                    f"affinity.tasks: Apart by {tasks.by} conflicts with topology.packWithin "
+                    f"{self.topology.pack_within}: the tasks cannot share one "
+                    f"{self.topology.pack_within} and each have their own {tasks.by}")
+        selected = (self.device_selector.match_labels.get(LABEL_VENDOR)
+                    if self.device_selector is not None else None)
+        required = affinity.required if affinity is not None else None
+        if selected is not None and required is not None and required.vendors is not None \
+                and selected not in {v.value for v in required.vendors}:
+            raise ValueError(f"affinity.required.vendors: {[v.value for v in required.vendors]}"
+                             f" conflicts with deviceSelector {LABEL_VENDOR}={selected}")
+        return self
+
+    @property
+    def set_size(self) -> int:
+        """Devices per task (1 unless devicesPerTask says otherwise)."""
+        return self.devices_per_task or 1
+
+    def device_matcher(self) -> LabelSelector | DeviceTerm | AllOf | None:
+        """What a device's labels must meet: ``deviceSelector`` and ``affinity.required``."""
+        parts = [m for m in (self.device_selector,
+                             self.affinity.required if self.affinity is not None else None)
+                 if m is not None]
+        if len(parts) < 2:
+            return parts[0] if parts else None
+        return AllOf(tuple(parts))
+
+    def preference(self) -> WorkloadAffinity | None:
+        """The preferred device affinity (None without preferred terms)."""
+        return self.affinity if self.affinity is not None and self.affinity.preferred else None
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -310,8 +510,37 @@ class PlacementBreakdown(KubeModel):
     thermal: Annotated[float, Field(ge=0, le=1)] = Field(description="Thermal penalty.")
 
 
+class SetPair(KubeModel):
+    """One pair of a placement's device set, its link and its score
+    (``exo.gpu.topology.link_score``)."""
+
+    devices: Annotated[list[Annotated[str, Field(max_length=253)]],
+                       Field(min_length=2, max_length=2)] = Field(description="The two devices.")
+    link: LinkType | None = Field(default=None, description="Fastest path (absent: unknown).")
+    level: PCIeLevel | None = Field(default=None, description="PCIe path.")
+    links: Annotated[int, Field(ge=0)] | None = Field(default=None, description="Fabric links.")
+    score: Annotated[int, Field(ge=0)] = Field(description="Pair score.")
+
+
+class PlacementLinks(KubeModel):
+    """How well a placement's devices are linked (``exo.gpu.topology.set_score``)."""
+
+    score: Annotated[int, Field(ge=0)] = Field(description="Sum of the pair scores.")
+    weakest: Annotated[int, Field(ge=0)] = Field(description="Lowest pair score.")
+    pairs: Annotated[list[SetPair], Field(max_length=2016)] = Field(
+        default_factory=list, description="Every pair of the set.")
+
+    @classmethod
+    def from_score(cls, score: SetScore) -> PlacementLinks:
+        return cls(score=score.total, weakest=score.weakest, pairs=[
+            SetPair(devices=[p.a, p.b], link=p.link.type if p.link else None,
+                    level=p.link.level if p.link else None,
+                    links=(p.link.links or None) if p.link else None, score=p.score)
+            for p in score.pairs])
+
+
 class Placement(KubeModel):
-    """The tasks one device holds."""
+    """The tasks one device (or, with devicesPerTask, one set of devices) holds."""
 
     device: Annotated[str, Field(min_length=1, max_length=253)] = Field(
         description="GPUDevice name."
@@ -332,6 +561,19 @@ class Placement(KubeModel):
     pod: Annotated[str, Field(max_length=253)] | None = Field(
         default=None, description="Name of the pod running these tasks (with a template)."
     )
+    devices: Annotated[list[Annotated[str, Field(max_length=253)]],
+                       Field(max_length=MAX_DEVICES_PER_TASK)] | None = Field(
+        default=None, description="With devicesPerTask: every device of the set (device is "
+                                  "the first).")
+    links: PlacementLinks | None = Field(
+        default=None, description="With devicesPerTask: how well the set is linked, pair by "
+                                  "pair.")
+    domain: Annotated[str, Field(max_length=317)] | None = Field(
+        default=None, description="With topology: the network domain (rack=r1) holding it.")
+
+    def device_set(self) -> list[str]:
+        """Every device of the placement (one unless devicesPerTask)."""
+        return list(self.devices) if self.devices else [self.device]
 
 
 class GPUWorkloadStatus(KubeModel):
@@ -407,6 +649,51 @@ class GPUWorkload(KubeModel):
                 ),
                 message="spec.capacities needs at least one positive weight",
                 field_path=".spec.capacities",
+                reason="FieldValueInvalid",
+            ),
+            CELRule(
+                rule=(
+                    "!has(self.spec.devicesPerTask) || self.spec.devicesPerTask == 1 || "
+                    "((!has(self.spec.strategy) || self.spec.strategy == 'uniform') && "
+                    "(!has(self.spec.maxTasksPerDevice) || self.spec.maxTasksPerDevice == 1))"
+                ),
+                message=(
+                    "spec.devicesPerTask above 1 gives each task a whole set of devices: "
+                    "strategy must be uniform and maxTasksPerDevice at most 1"
+                ),
+                field_path=".spec.devicesPerTask",
+                reason="FieldValueForbidden",
+            ),
+            CELRule(
+                rule=(
+                    "!has(self.spec.topology) || !has(self.spec.affinity) || "
+                    "!has(self.spec.affinity.tasks) || "
+                    "(self.spec.affinity.tasks.keep == 'Apart' && "
+                    f"{_LEVELS_CEL}[self.spec.affinity.tasks.by] < "
+                    f"{_LEVELS_CEL}[self.spec.topology.packWithin])"
+                ),
+                message=(
+                    "spec.affinity.tasks conflicts with spec.topology: keep Together is said "
+                    "by topology.packWithin alone, and Apart must be by a smaller level than "
+                    "packWithin"
+                ),
+                field_path=".spec.affinity.tasks",
+                reason="FieldValueInvalid",
+            ),
+            CELRule(
+                rule=(
+                    "!has(self.spec.deviceSelector) || !has(self.spec.deviceSelector.matchLabels)"
+                    " || !('gpu.exo.dev/vendor' in self.spec.deviceSelector.matchLabels) || "
+                    "!has(self.spec.affinity) || !has(self.spec.affinity.required) || "
+                    "!has(self.spec.affinity.required.vendors) || "
+                    "self.spec.deviceSelector.matchLabels['gpu.exo.dev/vendor'] in "
+                    "self.spec.affinity.required.vendors"
+                ),
+                message=(
+                    "spec.affinity.required.vendors conflicts with spec.deviceSelector's "
+                    "gpu.exo.dev/vendor: no device can match both"
+                ),
+                field_path=".spec.affinity.required.vendors",
                 reason="FieldValueInvalid",
             ),
         ),

@@ -5,7 +5,11 @@ import is guarded with ``except Exception``, not just ``ImportError``, and the f
 :class:`~exo.gpu.exporter.backends.base.BackendUnavailable` with the cause.
 
 Covered: identity (UUID, market name, VRAM total, PCI BDF), metrics (VRAM used, GFX activity, edge
-temperature, socket power, GFX clock) and health (uncorrectable ECC count). Field names follow the
+temperature, socket power, GFX clock), health (uncorrectable ECC count) and topology: per pair
+``amdsmi_topo_get_link_type`` (XGMI or PCIe, and the hops) and ``amdsmi_topo_get_link_weight``,
+per device ``amdsmi_topo_get_numa_node_number``; the PCIe level of a pair follows from the NUMA
+nodes and PCIe roots (``exo.gpu.topology.pcie_level_by_numa``), since the library names no
+closer ancestor. Field names follow the
 ROCm 6 bindings; every dictionary lookup has a fallback because they moved between releases.
 """
 
@@ -18,8 +22,14 @@ from typing import Any
 
 from exo.gpu.k8s.models import device_name
 from exo.gpu.telemetry_protocol import GPUDeviceInfo, GPUMetrics, Vendor
+from exo.gpu.topology import DeviceLinks, LinkType, PeerLink, pcie_level_by_numa
 
 from .base import HEALTHY, BackendError, BackendUnavailable, DeviceHealth, DeviceLost
+from .nvml import pcie_root_of
+
+#: ``AMDSMI_IOLINK_TYPE_*`` values (``amdsmi_topo_get_link_type``'s ``type``).
+IOLINK_PCIE = 1
+IOLINK_XGMI = 2
 
 
 def _first(mapping: Any, *keys: str) -> float | None:
@@ -144,6 +154,53 @@ class AMDSMIBackend:
             temperature_celsius=_first(temperature),
             clock_rate_mhz=_first(clock, "clk", "cur_clk"),
         )
+
+    def topology(self, devices: list[GPUDeviceInfo]) -> dict[str, DeviceLinks]:
+        self._ensure_init()
+        smi = self._smi
+        handles = {d.device_id: self._handles[d.device_id] for d in devices
+                   if d.device_id in self._handles}
+        numa: dict[str, int | None] = {}
+        roots: dict[str, str | None] = {}
+        for device in devices:
+            if device.device_id not in handles:
+                continue
+            try:
+                numa[device.device_id] = int(
+                    smi.amdsmi_topo_get_numa_node_number(handles[device.device_id]))
+            except Exception:
+                numa[device.device_id] = None  # no NUMA information on this platform
+            roots[device.device_id] = pcie_root_of(device.pci_bus_id) \
+                if device.pci_bus_id else None
+        out = {}
+        for name, handle in handles.items():
+            peers = []
+            for other, peer in handles.items():
+                if other == name:
+                    continue
+                try:
+                    link = smi.amdsmi_topo_get_link_type(handle, peer)
+                except Exception:
+                    continue  # no path reported for this pair
+                level = pcie_level_by_numa(numa[name], numa[other], roots[name], roots[other])
+                weight = self._weight(handle, peer)
+                hops = max(1, int(link.get("hops") or 1)) if isinstance(link, dict) else 1
+                kind = link.get("type") if isinstance(link, dict) else None
+                if kind == IOLINK_XGMI:
+                    peers.append(PeerLink(other, LinkType.XGMI, level, 1, min(hops, 64), weight))
+                elif kind == IOLINK_PCIE:
+                    peers.append(PeerLink(other, LinkType.PCIE, level, weight=weight))
+            numa_node = numa[name]
+            out[name] = DeviceLinks(numa_node if numa_node is None or numa_node >= 0 else None,
+                                    roots[name], tuple(peers))
+        return out
+
+    def _weight(self, handle: Any, peer: Any) -> int | None:
+        try:
+            weight = int(self._smi.amdsmi_topo_get_link_weight(handle, peer))
+        except Exception:
+            return None
+        return weight if weight >= 0 else None
 
     def health(self, device: GPUDeviceInfo) -> DeviceHealth:
         self._ensure_init()

@@ -37,6 +37,7 @@ from xml.parsers.expat import ExpatError
 
 from exo.gpu.k8s.models import device_name
 from exo.gpu.telemetry_protocol import GPUDeviceInfo, GPUMetrics, Vendor
+from exo.gpu.topology import DeviceLinks
 
 from .base import HEALTHY, BackendError, BackendUnavailable, DeviceHealth, DeviceLost
 from .drm_parse import ParseError
@@ -215,3 +216,7 @@ class AppleBackend:
 
     def health(self, device: GPUDeviceInfo) -> DeviceHealth:
         return HEALTHY
+
+    def topology(self, devices: list[GPUDeviceInfo]) -> dict[str, DeviceLinks]:
+        """One GPU per machine: nothing links to it."""
+        return {}

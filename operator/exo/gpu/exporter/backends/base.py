@@ -1,7 +1,9 @@
 """The one interface every telemetry backend implements, and the deadline guard around it.
 
-A backend answers three questions about the GPUs of its node: which devices are there
-(``discover``), what does one read now (``read``), and is it healthy (``health``). Backends are
+A backend answers four questions about the GPUs of its node: which devices are there
+(``discover``), what does one read now (``read``), is it healthy (``health``), and how do the
+devices reach each other (``topology``: NUMA node, PCIe root, links; an empty answer where the
+vendor's tools say nothing). Backends are
 plain synchronous code that talks to a vendor library; they know nothing of Kubernetes, Prometheus
 or time limits.
 
@@ -25,6 +27,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 from pydantic import ValidationError
 
 from exo.gpu.telemetry_protocol import GPUDeviceInfo, GPUMetrics
+from exo.gpu.topology import DeviceLinks
 
 T = TypeVar("T")
 
@@ -89,6 +92,11 @@ class Backend(Protocol):
 
     def health(self, device: GPUDeviceInfo) -> DeviceHealth:
         """Health of ``device`` as the vendor library reports it."""
+        ...
+
+    def topology(self, devices: list[GPUDeviceInfo]) -> dict[str, DeviceLinks]:
+        """Per discovered device, its NUMA node, PCIe root and links to the others (devices the
+        backend says nothing about are left out)."""
         ...
 
     def close(self) -> None:
@@ -157,6 +165,9 @@ class GuardedBackend:
 
     def health(self, device: GPUDeviceInfo) -> DeviceHealth:
         return self.call(f"health {device.device_id}", lambda: self.backend.health(device))
+
+    def topology(self, devices: list[GPUDeviceInfo]) -> dict[str, DeviceLinks]:
+        return self.call("topology", lambda: self.backend.topology(devices))
 
     def close(self) -> None:
         """Close the backend if its thread is free; never waits on a stuck call."""

@@ -55,6 +55,7 @@ from typing import Literal, TypeVar
 
 from exo.gpu.k8s.models import device_name
 from exo.gpu.telemetry_protocol import GPUDeviceInfo, GPUMetrics, Vendor
+from exo.gpu.topology import DeviceLinks, LinkType, PeerLink, pcie_level_by_numa
 
 from .base import HEALTHY, BackendError, BackendUnavailable, DeviceHealth, DeviceLost
 from .drm_parse import (
@@ -561,6 +562,20 @@ class DrmBackend:
         if fallback and self.sys.exists(f"{hwmon}/{kind}1_input"):
             return f"{kind}1"
         return None
+
+    # -- topology ---------------------------------------------------------------------------
+
+    def topology(self, devices: list[GPUDeviceInfo]) -> dict[str, DeviceLinks]:
+        """sysfs names no GPU-to-GPU link: each pair gets the PCIe level its NUMA nodes imply
+        (``pcie_level_by_numa``), where both cards have one."""
+        out = {}
+        for device in devices:
+            peers = tuple(PeerLink(other.device_id, LinkType.PCIE, level) for other in devices
+                          if other.device_id != device.device_id and (
+                              level := pcie_level_by_numa(device.numa_node, other.numa_node))
+                          is not None)
+            out[device.device_id] = DeviceLinks(device.numa_node, None, peers)
+        return out
 
     # -- health -----------------------------------------------------------------------------
 

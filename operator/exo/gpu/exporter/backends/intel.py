@@ -6,6 +6,12 @@ comes from ``xpu-smi discovery -j`` (one call per device for the memory size), m
 MHz), 3 (core temperature C) and 18 (memory used MiB). Each command runs under the backend
 deadline as well as its own ``timeout``. Forking a process per read costs far more CPU than NVML,
 so this backend suits slower poll intervals (5 s). The command runner is injectable for tests.
+
+Topology comes from ``xpu-smi topology -m``: one row per GPU tile (``GPU 0/0``), whose first
+cells are the matrix in row order, with the symbols of xpu-smi's legend: ``S`` itself, ``MDF``
+another tile of the same card, ``XL`` (``XL<n>``: n links) Xe Link, and the PCIe paths ``PIX``
+(one switch), ``PXB`` (several), ``PHB`` (host bridge), ``NODE`` (one NUMA node) and ``SYS``
+(across NUMA nodes). A pair of cards takes the best cell among their tiles.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -21,6 +28,7 @@ from typing import Any
 
 from exo.gpu.k8s.models import device_name
 from exo.gpu.telemetry_protocol import GPUDeviceInfo, GPUMetrics, Vendor
+from exo.gpu.topology import DeviceLinks, LinkType, PCIeLevel, PeerLink, link_score
 
 from .base import HEALTHY, BackendError, BackendUnavailable, DeviceHealth, DeviceLost
 
@@ -65,6 +73,43 @@ def _column(values: dict[str, float], *fragments: str) -> float | None:
         if all(f in lowered for f in fragments):
             return value
     return None
+
+
+_ROW = re.compile(r"^\s*GPU\s*(\d+)(?:/(\d+))?\s+(.*)$")
+_XELINK = re.compile(r"^XL(\d*)\*?$")
+_PCIE_SYMBOLS = {"MDF": PCIeLevel.SAME_BOARD, "PIX": PCIeLevel.SINGLE_SWITCH,
+                 "PXB": PCIeLevel.MULTI_SWITCH, "PHB": PCIeLevel.HOST_BRIDGE,
+                 "NODE": PCIeLevel.NUMA_NODE, "SYS": PCIeLevel.SYSTEM}
+
+
+def parse_topology_matrix(text: str) -> dict[tuple[int, int], PeerLink]:
+    """``xpu-smi topology -m`` as {(card, other card): link}, ``peer`` the other card's xpu-smi
+    id (the best cell among the two cards' tiles). Unknown symbols are skipped."""
+    rows = [(int(m.group(1)), m.group(3).split()) for line in text.splitlines()
+            if (m := _ROW.match(line)) and not m.group(3).startswith("GPU")]  # not the header
+    cards = [card for card, _ in rows]
+    out: dict[tuple[int, int], PeerLink] = {}
+    for card, cells in rows:
+        for column, cell in enumerate(cells[:len(cards)]):
+            other = cards[column]
+            if other == card:
+                continue
+            link = _cell(str(other), cell)
+            if link is None:
+                continue
+            known = out.get((card, other))
+            if known is None or link_score(link) > link_score(known):
+                out[(card, other)] = link
+    return out
+
+
+def _cell(peer: str, cell: str) -> PeerLink | None:
+    symbol = cell.upper()
+    xelink = _XELINK.match(symbol)
+    if xelink is not None:
+        return PeerLink(peer, LinkType.XELINK, None, min(int(xelink.group(1) or 1), 64))
+    level = _PCIE_SYMBOLS.get(symbol)
+    return PeerLink(peer, LinkType.PCIE, level) if level is not None else None
 
 
 class IntelBackend:
@@ -147,6 +192,23 @@ class IntelBackend:
             temperature_celsius=_column(values, "temperature"),
             clock_rate_mhz=_column(values, "frequency"),
         )
+
+    def topology(self, devices: list[GPUDeviceInfo]) -> dict[str, DeviceLinks]:
+        names = {self._xpu_ids[d.device_id]: d.device_id for d in devices
+                 if d.device_id in self._xpu_ids}
+        if len(names) < 2:
+            return {}
+        matrix = parse_topology_matrix(self._run(["xpu-smi", "topology", "-m"]))
+        out = {}
+        for device in devices:
+            card = self._xpu_ids.get(device.device_id)
+            if card is None:
+                continue
+            peers = tuple(PeerLink(names[other], link.type, link.level, link.links)
+                          for (one, other), link in sorted(matrix.items())
+                          if one == card and other in names)
+            out[device.device_id] = DeviceLinks(device.numa_node, None, peers)
+        return out
 
     def health(self, device: GPUDeviceInfo) -> DeviceHealth:
         if device.device_id not in self._xpu_ids:

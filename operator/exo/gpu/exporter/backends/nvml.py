@@ -7,13 +7,20 @@ through :class:`~exo.gpu.exporter.backends.base.GuardedBackend`. ``nvmlInit`` it
 inside the first guarded call, never in the constructor.
 
 Covered: identity (index, UUID, name, total memory, PCI bus id, NUMA node from sysfs), metrics
-(memory used, GPU utilization, temperature, power in mW converted to W, SM clock) and health
-(critical XID events, volatile uncorrected ECC errors where the board supports ECC, a lost GPU).
+(memory used, GPU utilization, temperature, power in mW converted to W, SM clock), health
+(critical XID events, volatile uncorrected ECC errors where the board supports ECC, a lost GPU)
+and topology: per pair of GPUs the PCIe level (``nvmlDeviceGetTopologyCommonAncestor``), and per
+GPU its active NVLinks (``nvmlDeviceGetNvLinkState``) with what each reaches
+(``nvmlDeviceGetNvLinkRemoteDeviceType``, ``nvmlDeviceGetNvLinkRemotePciInfo``): links to a GPU
+count for that pair, links to an NVSwitch make every pair of switch-connected GPUs an NVSwitch
+pair with the fewer of the two GPUs' switch links; the PCIe root comes from sysfs.
 The ``pynvml`` module is injectable so the unit tier runs a fake at exactly this boundary.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -22,6 +29,7 @@ from typing import Any
 
 from exo.gpu.k8s.models import device_name
 from exo.gpu.telemetry_protocol import GPUDeviceInfo, GPUMetrics, Vendor
+from exo.gpu.topology import DeviceLinks, LinkType, PCIeLevel, PeerLink
 
 from .base import HEALTHY, BackendError, BackendUnavailable, DeviceHealth, DeviceLost
 
@@ -41,6 +49,27 @@ def sysfs_pci_address(bus_id: str) -> str:
     """NVML's ``00000000:3B:00.0`` as sysfs spells it: ``0000:3b:00.0``."""
     domain, _, rest = bus_id.partition(":")
     return f"{domain[-4:]}:{rest}".lower()
+
+
+#: NVML's ``nvmlGpuTopologyLevel_t`` values and the levels they mean.
+NVML_LEVELS = {0: PCIeLevel.SAME_BOARD, 10: PCIeLevel.SINGLE_SWITCH, 20: PCIeLevel.MULTI_SWITCH,
+               30: PCIeLevel.HOST_BRIDGE, 40: PCIeLevel.NUMA_NODE, 50: PCIeLevel.SYSTEM}
+_ROOT = re.compile(r"^pci[0-9a-f]{4}:[0-9a-f]{2}$")
+
+
+def pcie_root_of(bus_id: str, sysfs: Path = _SYSFS_PCI) -> str | None:
+    """The PCIe root complex of a device, from where its sysfs entry points
+    (``/sys/devices/pci0000:17/0000:17:01.0/0000:18:00.0`` -> ``pci0000:17``)."""
+    try:
+        target = Path(os.path.realpath(sysfs / sysfs_pci_address(bus_id)))
+    except OSError:
+        return None
+    return next((part for part in target.parts if _ROOT.match(part)), None)
+
+
+def _bus_key(bus_id: str) -> str:
+    """A bus id in one spelling (NVML writes 8 domain digits in some calls, 4 in others)."""
+    return sysfs_pci_address(bus_id)
 
 
 def numa_node_of(bus_id: str, sysfs: Path = _SYSFS_PCI) -> int | None:
@@ -222,6 +251,70 @@ class NVMLBackend:
             if getattr(exc, "value", None) == getattr(self._nvml, "NVML_ERROR_NOT_SUPPORTED", 3):
                 return None
             raise
+
+    def topology(self, devices: list[GPUDeviceInfo]) -> dict[str, DeviceLinks]:
+        self._ensure_init()
+        handles = {d.device_id: self._handles[d.device_id] for d in devices
+                   if d.device_id in self._handles}
+        buses = {d.device_id: _bus_key(d.pci_bus_id) for d in devices if d.pci_bus_id}
+        remote: dict[str, list[str]] = {}
+        switch: dict[str, int] = {}
+        for name, handle in handles.items():
+            remote[name], switch[name] = self._nvlinks(handle)
+        out = {}
+        for device in devices:
+            name = device.device_id
+            if name not in handles:
+                continue
+            peers = []
+            for other, handle in handles.items():
+                if other == name:
+                    continue
+                level = self._level(handles[name], handle)
+                count = remote[name].count(buses.get(other, "?"))
+                if count:
+                    peers.append(PeerLink(other, LinkType.NVLINK, level, min(count, 64)))
+                elif switch[name] and switch[other]:
+                    peers.append(PeerLink(other, LinkType.NVSWITCH, level,
+                                          min(switch[name], switch[other], 64)))
+                elif level is not None:
+                    peers.append(PeerLink(other, LinkType.PCIE, level))
+            root = pcie_root_of(device.pci_bus_id, self._sysfs) if device.pci_bus_id else None
+            out[name] = DeviceLinks(device.numa_node, root, tuple(peers))
+        return out
+
+    def _level(self, a: Any, b: Any) -> PCIeLevel | None:
+        """The PCIe level of a pair (None where NVML cannot tell)."""
+        try:
+            return NVML_LEVELS.get(int(self._nvml.nvmlDeviceGetTopologyCommonAncestor(a, b)))
+        except self._nvml.NVMLError as exc:
+            if self._is_lost(exc):
+                raise self._wrap("nvmlDeviceGetTopologyCommonAncestor", exc) from exc
+            return None
+
+    def _nvlinks(self, handle: Any) -> tuple[list[str], int]:
+        """The bus ids the device's active NVLinks reach, and how many reach an NVSwitch."""
+        nvml = self._nvml
+        remote: list[str] = []
+        switches = 0
+        enabled = getattr(nvml, "NVML_FEATURE_ENABLED", 1)
+        to_switch = getattr(nvml, "NVML_NVLINK_DEVICE_TYPE_SWITCH", 2)
+        for link in range(int(getattr(nvml, "NVML_NVLINK_MAX_LINKS", 18))):
+            try:
+                if nvml.nvmlDeviceGetNvLinkState(handle, link) != enabled:
+                    continue
+                kind = self._optional(getattr(nvml, "nvmlDeviceGetNvLinkRemoteDeviceType",
+                                              lambda h, i: None), handle, link)
+                if kind == to_switch:
+                    switches += 1
+                    continue
+                pci = nvml.nvmlDeviceGetNvLinkRemotePciInfo(handle, link)
+            except nvml.NVMLError as exc:
+                if self._is_lost(exc):
+                    raise self._wrap("NVLink query", exc) from exc
+                continue  # NOT_SUPPORTED / INVALID_ARGUMENT: no such link on this board
+            remote.append(_bus_key(_text(pci.busId)))
+        return remote, switches
 
     def health(self, device: GPUDeviceInfo) -> DeviceHealth:
         self._ensure_init()

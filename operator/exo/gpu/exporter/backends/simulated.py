@@ -4,7 +4,9 @@ Every value is a pure function of the fleet entry and ``t = clock() - start``, s
 drives the clock gets the same samples on every run, and several exporters that share ``start``
 see one consistent fleet. Scripted failures (:class:`~exo.gpu.exporter.fleet.Failure`) exercise
 the agent's error paths: a vanished device, failing reads, impossible readings, an unhealthy
-device and a hanging call (the only behaviour that takes real time, to test the deadline guard).
+device, a hanging call (the only behaviour that takes real time, to test the deadline guard) and
+fabric links going down. Links are the node's ``links`` of the fleet file (see
+:mod:`~exo.gpu.exporter.fleet`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from collections.abc import Callable
 
 from exo.gpu.k8s.models import device_name
 from exo.gpu.telemetry_protocol import GPUDeviceInfo, GPUMetrics
+from exo.gpu.topology import DeviceLinks, LinkType, PCIeLevel, PeerLink, pcie_level_by_numa
 
-from ..fleet import Fleet, ResolvedDevice
+from ..fleet import Fleet, FleetLink, ResolvedDevice, pairs
 from .base import HEALTHY, BackendError, BackendUnavailable, DeviceHealth, DeviceLost
 
 
@@ -44,6 +47,17 @@ class SimulatedBackend:
         self.start = self.clock() if start is None else start
         self._sleep = sleep
         self._devices = {device_name(node, d.spec.vendor, d.index): d for d in devices}
+        self._fabric: dict[tuple[int, int], FleetLink] = {}
+        self._levels: dict[tuple[int, int], PCIeLevel] = {}
+        for link in fleet.node(node).links:
+            for pair in pairs(link.devices):
+                if link.type is LinkType.PCIE:
+                    assert link.level is not None  # the fleet file's validation says so
+                    self._levels[pair] = link.level
+                else:
+                    self._fabric[pair] = link
+                    if link.level is not None:
+                        self._levels.setdefault(pair, link.level)
 
     def elapsed(self) -> float:
         return self.clock() - self.start
@@ -107,6 +121,31 @@ class SimulatedBackend:
             temperature_celsius=spec.temperature.at(t, utilization),
             clock_rate_mhz=spec.clock.at(utilization),
         )
+
+    def topology(self, devices: list[GPUDeviceInfo]) -> dict[str, DeviceLinks]:
+        t = self.elapsed()
+        present = {d.device_id: self._devices[d.device_id] for d in devices
+                   if d.device_id in self._devices}
+        out = {}
+        for name, device in present.items():
+            peers = []
+            for other_name, other in present.items():
+                if other_name == name:
+                    continue
+                pair = (min(device.position, other.position), max(device.position, other.position))
+                fabric = self._fabric.get(pair)
+                level = self._levels.get(pair) or pcie_level_by_numa(
+                    device.spec.numa_node, other.spec.numa_node, device.spec.pcie_root,
+                    other.spec.pcie_root)
+                down = self._active(device, "linkdown", t) or self._active(other, "linkdown", t)
+                if fabric is not None and not down:
+                    assert fabric.count is not None
+                    peers.append(PeerLink(other_name, fabric.type, level, fabric.count,
+                                          fabric.hops))
+                elif level is not None:
+                    peers.append(PeerLink(other_name, LinkType.PCIE, level))
+            out[name] = DeviceLinks(device.spec.numa_node, device.spec.pcie_root, tuple(peers))
+        return out
 
     def health(self, device: GPUDeviceInfo) -> DeviceHealth:
         t = self.elapsed()
