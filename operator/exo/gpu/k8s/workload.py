@@ -31,6 +31,7 @@ from .models import (
     ObjectMeta,
     PrinterColumn,
 )
+from .rebalance import RebalanceSpec
 
 KIND = "GPUWorkload"
 PLURAL = "gpuworkloads"
@@ -242,6 +243,10 @@ class GPUWorkloadSpec(KubeModel):
     template: PodTemplate | None = Field(
         default=None,
         description="Pod template: when given, the controller runs one pod per placement.",
+    )
+    rebalance: RebalanceSpec | None = Field(
+        default=None,
+        description="Opt-in to moves off devices that stay overloaded (default: never moved).",
     )
 
     @field_validator("tasks", mode="before")
