@@ -74,7 +74,9 @@ def _run(extender_port: int, extender_host: str, tls_cert: str | None, tls_key: 
         sidecar = extender_sidecar(extender_host, extender_port, tls,
                                    options.get("kubeconfig"), metrics, max_request_bytes)
         collectors.append(_Forward(metrics.registry))
-    controller_cli.run(controller_cli.ControllerOptions(**options), sidecar, collectors)
+    rebalance = controller_cli.rebalance_config(options)
+    controller_cli.run(controller_cli.ControllerOptions(rebalance=rebalance, **options), sidecar,
+                       collectors)
 
 
 controller_command = click.Command(

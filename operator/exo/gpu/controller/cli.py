@@ -32,6 +32,7 @@ from ..k8s.models import GROUP, VERSION
 from ..k8s.view import ClusterView
 from ..policy import DEFAULT_POLICY, SelectionPolicy
 from ..quantity import format_bytes
+from ..rebalance import BOUNDS, DEFAULT_CONFIG, RebalanceConfig
 from ..topology import BLOCK_LABEL, RACK_LABEL, DomainKeys
 from .planning import Plan
 
@@ -241,6 +242,50 @@ def top_command(kubeconfig: str | None, output: str, sort: str) -> None:
         click.echo(line)
 
 
+#: The --rebalance-* flags: one per figure of exo.gpu.rebalance.RebalanceConfig (its docstring
+#: gives each default's reason), with its bounds. Parsed and validated; the rebalancing loop that
+#: will take them is not built yet (docs/rebalancing.md).
+_REBALANCE_HELP = {
+    "enter_readings": "Abnormal reports in a row before a device is under pressure.",
+    "recover_readings": "Normal reports in a row before it recovers.",
+    "memory_floor_percent": "Free memory below this share of the total, taken by use the "
+                            "ledger does not explain, is abnormal.",
+    "utilization_excess_percent": "Utilization this many points above what a device's tasks "
+                                  "explain is abnormal.",
+    "score_margin": "A target must score this much more than the source (0..1 scores).",
+    "cooldown_seconds": "At most one move per workload per this many seconds, and none back to "
+                        "a device it left within them (a workload may set its own).",
+    "min_runtime_seconds": "Pods that ran less than this are not moved (a workload may set its "
+                           "own).",
+    "max_moves_per_minute": "Moves started cluster-wide per minute.",
+    "max_moves_per_node": "Moves in flight from or to one node at once.",
+}
+
+
+def rebalance_flag(name: str) -> str:
+    """The flag of a RebalanceConfig figure: --rebalance-cooldown for cooldown_seconds."""
+    return "--rebalance-" + name.removesuffix("_seconds").replace("_", "-")
+
+
+def _rebalance_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    for name in reversed(list(BOUNDS)):
+        low, high = BOUNDS[name]
+        kind = click.IntRange(int(low), int(high)) if isinstance(low, int) else \
+            click.FloatRange(low, high)
+        function = click.option(rebalance_flag(name), f"rebalance_{name}", type=kind,
+                                default=getattr(DEFAULT_CONFIG, name), show_default=True,
+                                help=_REBALANCE_HELP[name])(function)
+    return click.option("--rebalance/--no-rebalance", "rebalance_enabled", default=True,
+                        show_default=True,
+                        help="Allow moves of opted-in workloads and pods at all.")(function)
+
+
+def rebalance_config(options: dict[str, Any]) -> RebalanceConfig:
+    """Take the --rebalance-* values out of ``options`` as one RebalanceConfig."""
+    return RebalanceConfig(enabled=options.pop("rebalance_enabled"),
+                           **{name: options.pop(f"rebalance_{name}") for name in BOUNDS})
+
+
 @click.command("controller")
 @_KUBECONFIG
 @click.option("--metrics-port", default=8080, show_default=True, type=int,
@@ -266,9 +311,10 @@ def top_command(kubeconfig: str | None, output: str, sort: str) -> None:
                    "decisions use the latest.")
 @domain_options
 @click.option("--log-level", default="INFO", show_default=True)
+@_rebalance_options
 def command(**options: Any) -> None:
     """Run the GPUWorkload controller (kopf operator) with its cluster view and /metrics."""
-    run(ControllerOptions(**options))
+    run(ControllerOptions(rebalance=rebalance_config(options), **options))
 
 
 @dataclass(frozen=True)
@@ -289,6 +335,8 @@ class ControllerOptions:
     log_level: str
     rack_label: str = RACK_LABEL
     block_label: str = BLOCK_LABEL
+    #: The rebalancing figures (--rebalance-*): validated, not used yet.
+    rebalance: RebalanceConfig = DEFAULT_CONFIG
 
     def policy(self) -> SelectionPolicy:
         """The selection policy: staleness derives from ``--reporting-interval``."""

@@ -36,6 +36,7 @@ from .models import (
     PrinterColumn,
     label_value,
 )
+from .rebalance import RebalanceSpec
 
 KIND = "GPUWorkload"
 PLURAL = "gpuworkloads"
@@ -383,6 +384,10 @@ class GPUWorkloadSpec(KubeModel):
     template: PodTemplate | None = Field(
         default=None,
         description="Pod template: when given, the controller runs one pod per placement.",
+    )
+    rebalance: RebalanceSpec | None = Field(
+        default=None,
+        description="Opt-in to moves off devices that stay overloaded (default: never moved).",
     )
     # -- device sets, affinity and network topology ----------------------------------------
     devices_per_task: Annotated[int, Field(ge=1, le=MAX_DEVICES_PER_TASK)] | None = Field(
