@@ -13,8 +13,7 @@ from pathlib import Path
 import click
 
 from .binaries import ensure_binaries, ensure_helm
-from .cluster import STATE_FILE, LocalCluster, stop_detached
-from .pytest_plugin import apply_crds
+from .cluster import STATE_FILE, LocalCluster, apply_crds, stop_detached
 
 _WORKDIR = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
                         default=Path(".cluster"), show_default=True,

@@ -386,6 +386,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def apply_crds(cluster: LocalCluster, folder: Path) -> list[str]:
+    """Apply every CRD YAML of ``folder`` and wait until each is Established."""
+    files = sorted(folder.glob("*.yaml"))
+    if not files:
+        return []
+    cluster.kubectl("apply", "--server-side", "--force-conflicts",
+                    *[arg for f in files for arg in ("-f", str(f))])
+    names = cluster.kubectl("get", "crd", "-o", "name").stdout.split()
+    for name in names:
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", name)
+    return names
+
+
 @contextlib.contextmanager
 def running_cluster(workdir: Path, **options: Any) -> Iterator[LocalCluster]:
     cluster = LocalCluster(workdir=workdir, **options)
