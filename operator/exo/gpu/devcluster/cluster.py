@@ -103,6 +103,10 @@ class LocalCluster:
 
     ``extenders`` is the ``extenders:`` list of the KubeSchedulerConfiguration (camelCase keys, as
     in ../notes/extender-api.md); ``restart_scheduler`` swaps it on a running cluster.
+
+    The defaults suit fake nodes: the API server on loopback, no Service endpoints for itself,
+    and the admission plugins that only real nodes need off. A cluster with a real node
+    (``realnode.NodeCluster``) serves on the node's address with those plugins on.
     """
 
     workdir: Path
@@ -110,6 +114,11 @@ class LocalCluster:
     detach: bool = False
     progress: Progress = _stderr_progress
     binaries: Binaries | None = None
+    address: str = "127.0.0.1"
+    disabled_admission_plugins: Sequence[str] = ("ServiceAccount", "TaintNodesByCondition")
+    endpoint_reconciler: str = "none"
+    controllers: str = "*,-node-lifecycle-controller"  # fake nodes send no heartbeats
+    apiserver_extra_args: Sequence[str] = ()
     components: dict[str, Component] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     pki: Pki | None = None
@@ -118,7 +127,7 @@ class LocalCluster:
     # ----------------------------------------------------------------- addresses
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports['apiserver']}"
+        return f"https://{self.address}:{self.ports['apiserver']}"
 
     @property
     def kubeconfig(self) -> str:
@@ -132,7 +141,7 @@ class LocalCluster:
             self.binaries = ensure_binaries(self.progress)
         began = time.monotonic()  # the start itself, not a first build
         self.progress(f"starting the local control plane in {self.workdir}")
-        self.pki = make_pki(self.workdir / "pki")
+        self.pki = make_pki(self.workdir / "pki", extra_ips=[self.address])
         for name in ("etcd_client", "etcd_peer", "apiserver", "scheduler", "controller_manager"):
             self.ports[name] = free_port()
         self._write_kubeconfig()
@@ -256,19 +265,21 @@ class LocalCluster:
             name="kube-apiserver",
             args=[str(self.binaries.kube_apiserver),
                   f"--etcd-servers=http://127.0.0.1:{self.ports['etcd_client']}",
-                  "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                  f"--bind-address={self.address}", f"--advertise-address={self.address}",
                   f"--secure-port={port}",
                   f"--tls-cert-file={self.pki.server_cert}",
                   f"--tls-private-key-file={self.pki.server_key}",
                   f"--client-ca-file={self.pki.ca_cert}",
-                  f"--service-account-issuer=https://127.0.0.1:{port}/",
+                  f"--service-account-issuer=https://{self.address}:{port}/",
                   f"--service-account-key-file={self.pki.sa_public}",
                   f"--service-account-signing-key-file={self.pki.sa_private}",
                   "--service-cluster-ip-range=10.0.0.0/24",
                   "--authorization-mode=Node,RBAC", "--allow-privileged=true",
-                  "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
+                  *([f"--disable-admission-plugins={','.join(self.disabled_admission_plugins)}"]
+                    if self.disabled_admission_plugins else []),
                   "--profiling=false", "--enable-priority-and-fairness=false",
-                  "--endpoint-reconciler-type=none"],
+                  f"--endpoint-reconciler-type={self.endpoint_reconciler}",
+                  *self.apiserver_extra_args],
             log=self.workdir / "kube-apiserver.log", health_url=f"{self.server}/readyz"))
 
     def _start_controller_manager(self) -> None:
@@ -281,7 +292,7 @@ class LocalCluster:
                   f"--authorization-kubeconfig={self.kubeconfig}",
                   "--leader-elect=false", "--bind-address=127.0.0.1",
                   f"--secure-port={self.ports['controller_manager']}",
-                  "--controllers=*,-node-lifecycle-controller",
+                  f"--controllers={self.controllers}",
                   f"--service-account-private-key-file={self.pki.sa_private}",
                   f"--root-ca-file={self.pki.ca_cert}", "--profiling=false"],
             log=self.workdir / "kube-controller-manager.log",
