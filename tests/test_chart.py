@@ -85,7 +85,7 @@ def render(*sets: str, namespace: str = NAMESPACE, release: str = RELEASE,
 
 def render_install() -> str:
     """manifests/install.yaml as the chart renders it now."""
-    body = template_text(extra=("--include-crds", "--skip-tests")).stdout
+    body = template_text(extra=("--include-crds", "--skip-tests", "--no-hooks")).stdout
     return INSTALL_HEADER + body
 
 
@@ -98,7 +98,7 @@ def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict
 
 def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
     for doc in docs:
-        if doc["kind"] in ("DaemonSet", "Deployment"):
+        if doc["kind"] in ("DaemonSet", "Deployment", "Job"):
             yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
         elif doc["kind"] == "Pod":
             yield f"Pod/{doc['metadata']['name']}", doc["spec"]
@@ -350,7 +350,8 @@ def test_every_container_is_locked_down(sets: tuple[str, ...]) -> None:
             assert "RuntimeDefault" in (sc.get("seccompProfile", {}).get("type"), pod_seccomp)
             assert "resources" in container and container["resources"].get("limits"), name
             checked += 1
-    assert checked == 4  # exporter, controller (serving the extender), kube-scheduler, helm test
+    # exporter, controller (serving the extender), kube-scheduler, helm test, uninstall cleanup
+    assert checked == 5
 
 
 def test_no_host_paths_or_privileges_by_default() -> None:
@@ -408,6 +409,8 @@ def test_each_workload_runs_as_its_own_account_bound_to_its_roles() -> None:
     assert accounts["DaemonSet/exo-gpu-exporter"] == "exo-gpu-exporter"
     assert accounts["Deployment/exo-gpu-controller"] == "exo-gpu-controller"
     assert accounts["Deployment/exo-gpu-scheduler"] == "exo-gpu-scheduler"
+    assert bound["exo-gpu-cleanup"] == {"exo-gpu-cleanup"}
+    assert accounts["Job/exo-gpu-cleanup"] == "exo-gpu-cleanup"
 
 
 def test_admission_policy_targets_this_releases_exporter() -> None:
@@ -452,7 +455,7 @@ def test_container_command_lines_are_accepted_by_the_cli(sets: tuple[str, ...]) 
             # Parsing checks every option name, choice and range without running anything.
             command.make_context(subcommand, list(args), resilient_parsing=False)
             seen.add(subcommand)
-    assert seen == {"exporter", "controller"}
+    assert seen == {"exporter", "controller", "cleanup"}
 
 
 def test_probes_and_services_point_at_declared_ports() -> None:
