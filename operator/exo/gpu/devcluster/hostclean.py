@@ -270,15 +270,20 @@ def node_cgroups() -> list[Path]:
     return [root / POD_CGROUP for root in _hierarchies() if (root / POD_CGROUP).is_dir()]
 
 
+def _remove_empty_tree(top: Path) -> None:
+    """Remove ``top`` and the folders below it, deepest first, leaving any that hold a file
+    (or, for a cgroup, a process)."""
+    for directory in sorted((p for p in top.rglob("*") if p.is_dir()),
+                            key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+    with contextlib.suppress(OSError):
+        top.rmdir()
+
+
 def remove_cgroups() -> None:
     for top in node_cgroups():
-        # Deepest first: a cgroup can be removed only once it has no children.
-        for directory in sorted((p for p in top.rglob("*") if p.is_dir()),
-                                key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                directory.rmdir()
-        with contextlib.suppress(OSError):
-            top.rmdir()
+        _remove_empty_tree(top)  # a cgroup can be removed only once it has no children
 
 
 # ----------------------------------------------------------------------------- sysctls
@@ -327,12 +332,7 @@ def remove_files(snapshot: HostSnapshot) -> None:
     for folder in new_folders(snapshot):
         if folder in (NETNS_DIR, CNI_CACHE, CONTAINER_LOGS):
             # Shared with other container tools: removed only when nothing else is inside.
-            for directory in sorted((p for p in folder.rglob("*") if p.is_dir()),
-                                    key=lambda p: len(p.parts), reverse=True):
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+            _remove_empty_tree(folder)
         else:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -73,10 +73,13 @@ COREDNS_IMAGE = f"{IMAGE_PREFIX}/coredns:{COREDNS_VERSION}"
 BUSYBOX_IMAGE = "docker.io/library/busybox:1.36"
 STOPPING_TAINT = "devcluster.exo.dev/stopping"
 LOCK_PATH = Path("/run/lock/exo-gpu-node.lock")
-# The node's image store, kept between runs (one node per machine at a time: see HostLock).
-CONTAINERD_ROOT = cache_root() / "node" / "containerd"
 LOCK_WAIT_S = 1800.0
 NODE_READY_TIMEOUT_S = 120.0
+
+
+def containerd_root() -> Path:
+    """The node's image store, kept between runs (one node per machine at a time: HostLock)."""
+    return cache_root() / "node" / "containerd"
 
 
 def node_address() -> str:
@@ -329,7 +332,7 @@ class RealNode:
         root = self.workdir
         (root / "containerd.toml").write_text(f"""\
 version = 2
-root = "{CONTAINERD_ROOT}"
+root = "{containerd_root()}"
 state = "{root}/containerd/state"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
                     "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
@@ -677,11 +680,15 @@ class NodeCluster(LocalCluster):
             super().stop()
 
 
-def main() -> None:  # pragma: no cover - a manual check: python -m exo.gpu.devcluster.realnode
+def main() -> None:  # pragma: no cover - by hand: python -m exo.gpu.devcluster.realnode DIR
+    """Start a cluster with a real node and the current image loaded, until Ctrl-C."""
+    from .images import build_image
+
     workdir = Path(sys.argv[1] if len(sys.argv) > 1 else ".node-cluster")
-    cluster = NodeCluster(workdir=workdir)
+    image = build_image()
+    cluster = NodeCluster(workdir=workdir, images=[image.reference])
     cluster.start()
-    print(f"export KUBECONFIG={cluster.kubeconfig}; Ctrl-C stops")
+    print(f"export KUBECONFIG={cluster.kubeconfig}; image {image.reference}; Ctrl-C stops")
     try:
         signal.pause()
     except KeyboardInterrupt:
