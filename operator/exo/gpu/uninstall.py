@@ -11,9 +11,11 @@ command as a ``post-delete`` hook Job with its own short-lived ServiceAccount:
    with a UID precondition; devices registered by hand (another field manager) stay;
 3. delete the release's Leases by name.
 
-Each step is idempotent: a second run, or a run after a partial one, removes what is left and
-reports zero. When the API server is unreachable the Job fails and Kubernetes retries it
-(``backoffLimit``); nothing is removed while a release pod still runs.
+Each step is idempotent: a run after a partial one (the Job restarted mid-way) removes what is
+left; two copies running at once delete each object once between them (a gone object, 404, or
+one re-created since, a UID precondition failing with 409, is skipped). When the API server is
+unreachable the Job fails and Kubernetes retries it (``backoffLimit``) until its deadline; nothing
+is removed while a release pod still runs.
 """
 
 from __future__ import annotations
