@@ -213,7 +213,18 @@ def build_image(progress: Progress | None = None, *, base: str | None = None,
     progress(f"building {reference} from {base_image}")
     subprocess.run(["nice", "-n", "10", "podman", *_PODMAN_GLOBAL, *command, str(root)],
                    check=True)
+    _drop_older_builds(repository, version, keep=reference)
     return BuiltImage(reference, tags, image_size(reference), base_image, built=True)
+
+
+def _drop_older_builds(repository: str, version: str, keep: str) -> None:
+    """Keep one ``<version>-<digest>`` build per repository: each holds a few hundred MB."""
+    listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", "--filter",
+                    f"reference={repository}", check=False).stdout.split()
+    older = [r for r in listed if r != keep and r.startswith(f"{repository}:{version}-")]
+    if older:
+        podman("rmi", *older, check=False)
+        podman("image", "prune", "--force", check=False)
 
 
 def save_archive(reference: str, path: Path) -> Path:
