@@ -55,6 +55,7 @@ test: lint binaries
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
 	$(BIN)/python benchmarks/bench_extender.py
+	$(BIN)/python benchmarks/bench_request_size.py
 	$(BIN)/python benchmarks/bench_exporter.py
 	$(BIN)/python benchmarks/bench_controller.py
 

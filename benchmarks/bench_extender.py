@@ -5,7 +5,8 @@
    receiving a request body and writing the response. Budget: p99 < 2 ms.
 2. Scheduling throughput through the real kube-scheduler on 1,000 fake nodes, without the
    extender (kube-scheduler alone fits the extended resource) and with it (filter, prioritize and
-   bind over HTTP, the device recorded on every pod), in one run on one control plane.
+   bind over mutual TLS, as deployed, the device recorded on every pod), in one run on one
+   control plane.
    Budget: with >= half of without.
 
 Run: ``.venv/bin/python benchmarks/bench_extender.py [--pods 300] [--nodes 1000] [--skip-cluster]``
@@ -14,6 +15,7 @@ Run: ``.venv/bin/python benchmarks/bench_extender.py [--pods 300] [--nodes 1000]
 from __future__ import annotations
 
 import argparse
+import ssl
 import statistics
 import subprocess
 import sys
@@ -109,7 +111,7 @@ def bench_throughput(nodes: int, pods: int) -> dict[str, float]:
     from kubernetes import client
 
     from exo.gpu.devcluster import LocalCluster, create_gpu_node, wait_for
-    from exo.gpu.devcluster.cluster import extender_entry, free_port
+    from exo.gpu.devcluster.cluster import extender_entry, free_port, scheduler_tls_config
 
     with tempfile.TemporaryDirectory() as tmp, LocalCluster(workdir=Path(tmp)) as cluster:
         cluster.kubectl("apply", "-f", str(Path(__file__).resolve().parent.parent / "crds"))
@@ -159,36 +161,42 @@ def bench_throughput(nodes: int, pods: int) -> dict[str, float]:
             return pods / (time.perf_counter() - begin)
 
         without = run("plain", {})
-        # The extender in its own process, as deployed (`exo-gpu extender`).
-        port = free_port()
+        # The extender in its own process, as deployed (`exo-gpu extender`, mutual TLS).
+        port, pki = free_port(), cluster.extender_pki()
         extender = subprocess.Popen(
             [sys.executable, "-m", "exo.gpu.cli", "extender", "--kubeconfig", cluster.kubeconfig,
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"])
+             "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING",
+             "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+             "--tls-client-ca", str(pki.ca_cert)])
+        tls = ssl.create_default_context(cafile=str(pki.ca_cert))
+        tls.load_cert_chain(str(pki.client_cert), str(pki.client_key))
 
         def extender_ready() -> bool:
             import urllib.request
 
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/readyz", timeout=1,
+                                        context=tls) as r:
                 return bool(r.status == 200)
 
         try:
             wait_for(extender_ready, timeout=60, what="the extender")
-            cluster.restart_scheduler([extender_entry(f"http://127.0.0.1:{port}")])
+            cluster.restart_scheduler([extender_entry(f"https://127.0.0.1:{port}",
+                                                      scheduler_tls_config(pki))])
             with_extender = run("gpu", {"gpu.exo.dev/min-memory": "1Gi"})
-            inside = _mean_latencies(f"http://127.0.0.1:{port}/metrics")
+            inside = _mean_latencies(f"https://127.0.0.1:{port}/metrics", tls)
         finally:
             extender.terminate()
             extender.wait(10)
         return {"without": without, "with": with_extender, **inside}
 
 
-def _mean_latencies(url: str) -> dict[str, float]:
+def _mean_latencies(url: str, tls: ssl.SSLContext) -> dict[str, float]:
     """Mean time inside the extender per verb (ms) over the run, from its own histogram."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(url, timeout=5) as response:
+    with urllib.request.urlopen(url, timeout=5, context=tls) as response:
         text = response.read().decode()
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}

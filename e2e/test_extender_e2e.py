@@ -1,7 +1,8 @@
 """The extender end to end with the real kube-scheduler, on fake GPU nodes.
 
 kube-scheduler runs with our extender (filter, prioritize, bind; nodeCacheCapable;
-managedResources gpu.exo.dev/gpu ignored by the scheduler) and talks to it over HTTP; the
+managedResources gpu.exo.dev/gpu ignored by the scheduler) and talks to it over mutual TLS, with
+the client certificate the chart would give it; the
 extender answers from a view fed by watches of the real API server; GPUDevice objects are
 written as an exporter writes them (spec, then status through the status subresource).
 """
@@ -18,8 +19,10 @@ import pytest
 from kubernetes import client
 
 from exo.gpu.devcluster import LocalCluster, wait_for
-from exo.gpu.devcluster.cluster import extender_entry, free_port
+from exo.gpu.devcluster.cluster import extender_entry, free_port, scheduler_tls_config
+from exo.gpu.devcluster.pki import ExtenderPki
 from exo.gpu.extender.cli import serve
+from exo.gpu.extender.server import ServingTLS
 from exo.gpu.k8s.models import (
     Condition,
     DeviceMetrics,
@@ -36,17 +39,17 @@ GPU = "gpu.exo.dev/gpu"
 
 
 class ExtenderThread:
-    """``exo-gpu extender`` served from a thread of the test process."""
+    """``exo-gpu extender`` served from a thread of the test process, over mutual TLS."""
 
-    def __init__(self, kubeconfig: str, port: int) -> None:
-        self.kubeconfig, self.port = kubeconfig, port
+    def __init__(self, kubeconfig: str, port: int, pki: ExtenderPki) -> None:
+        self.kubeconfig, self.port, self.pki = kubeconfig, port, pki
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_event: asyncio.Event | None = None
         self.thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.port}"
 
     def start(self) -> ExtenderThread:
         ready = threading.Event()
@@ -55,7 +58,9 @@ class ExtenderThread:
             self.loop = asyncio.get_running_loop()
             self.stop_event = asyncio.Event()
             ready.set()
-            await serve(self.kubeconfig, "127.0.0.1", self.port, None, None, self.stop_event)
+            tls = ServingTLS(str(self.pki.server_cert), str(self.pki.server_key),
+                             str(self.pki.ca_cert))
+            await serve(self.kubeconfig, "127.0.0.1", self.port, tls, self.stop_event)
 
         self.thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
         self.thread.start()
@@ -64,9 +69,12 @@ class ExtenderThread:
         return self
 
     def _ready(self) -> bool:
+        import ssl
         import urllib.request
 
-        with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:
+        context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        with urllib.request.urlopen(f"{self.url}/readyz", timeout=1,
+                                    context=context) as response:
             return bool(response.status == 200)
 
     def stop(self) -> None:
@@ -79,8 +87,9 @@ class ExtenderThread:
 
 @pytest.fixture(scope="module")
 def extender(kube_cluster: LocalCluster) -> Iterator[ExtenderThread]:
-    running = ExtenderThread(kube_cluster.kubeconfig, free_port()).start()
-    kube_cluster.restart_scheduler([extender_entry(running.url)])
+    pki = kube_cluster.extender_pki()
+    running = ExtenderThread(kube_cluster.kubeconfig, free_port(), pki).start()
+    kube_cluster.restart_scheduler([extender_entry(running.url, scheduler_tls_config(pki))])
     yield running
     kube_cluster.restart_scheduler([])
     running.stop()
@@ -203,7 +212,7 @@ def test_racing_pods_never_overcommit_and_survive_an_extender_restart(
 
     # Restart: a new extender with a new view rebuilt from the API, on the same port.
     extender.stop()
-    restarted = ExtenderThread(kube_cluster.kubeconfig, extender.port).start()
+    restarted = ExtenderThread(kube_cluster.kubeconfig, extender.port, extender.pki).start()
     extender.thread, extender.loop, extender.stop_event = \
         restarted.thread, restarted.loop, restarted.stop_event
 

@@ -32,9 +32,12 @@ SCHEDULER_CONFIG = ROOT / "manifests" / "scheduler-config.yaml"
 RELEASE = "exo-gpu"
 NAMESPACE = "exo-gpu-system"
 KUBE_VERSION = "1.37.2"
+CERT_MANAGER = "cert-manager.io/v1"
 INSTALL_HEADER = """\
 # exo-gpu install manifest: the Helm chart charts/exo-gpu rendered with its default values
-# (release "exo-gpu", namespace "exo-gpu-system", CRDs included, chart tests left out).
+# (release "exo-gpu", namespace "exo-gpu-system", CRDs included, chart tests left out), for a
+# cluster with cert-manager: cert-manager issues the certificates of the mutual TLS between
+# kube-scheduler and the extender. Without cert-manager, install with Helm (which generates them).
 # Do not edit: regenerate with `.venv/bin/python tests/test_chart.py --write`
 # (tests/test_chart.py fails when this file and the chart disagree).
 # Apply with: kubectl apply --server-side -f manifests/install.yaml
@@ -84,8 +87,11 @@ def render(*sets: str, namespace: str = NAMESPACE, release: str = RELEASE,
 
 
 def render_install() -> str:
-    """manifests/install.yaml as the chart renders it now."""
-    body = template_text(extra=("--include-crds", "--skip-tests", "--no-hooks")).stdout
+    """manifests/install.yaml as the chart renders it now: no hooks (the uninstall cleanup Job is
+    Helm's to run), and with cert-manager (a render that generated certificates would differ
+    every time and carry private keys)."""
+    body = template_text(extra=("--include-crds", "--skip-tests", "--no-hooks",
+                                "--api-versions", CERT_MANAGER)).stdout
     return INSTALL_HEADER + body
 
 
@@ -120,8 +126,9 @@ def test_helm_lint_strict() -> None:
 def test_lint_with_every_option_on() -> None:
     result = helm("lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART),
                   "--set", "serviceMonitor.enabled=true",
-                  "--set", "controller.extender.tls.enabled=true",
+                  "--set", "controller.extender.tls.source=secrets",
                   "--set", "controller.extender.tls.secretName=tls",
+                  "--set", "controller.extender.tls.clientSecretName=client-tls",
                   "--set", "exporter.backend=simulated",
                   "--set-json", 'exporter.fleet={"nodes":[]}',
                   "--set", "exporter.runtimeClassName=nvidia")
@@ -147,6 +154,12 @@ def test_default_render_has_every_component() -> None:
         ("ValidatingAdmissionPolicy", "exo-gpu-exporter-own-node"),
         ("ValidatingAdmissionPolicyBinding", "exo-gpu-exporter-own-node"),
         ("Pod", "exo-gpu-test-extender"),
+        ("Secret", "exo-gpu-extender-ca"),
+        ("Secret", "exo-gpu-extender-tls"),
+        ("Secret", "exo-gpu-scheduler-tls"),
+        ("NetworkPolicy", "exo-gpu-controller"),
+        ("NetworkPolicy", "exo-gpu-exporter"),
+        ("NetworkPolicy", "exo-gpu-scheduler"),
     ]:
         assert expected in kinds, expected
     assert not any(d["kind"] == "ServiceMonitor" for d in docs)
@@ -192,6 +205,7 @@ def test_schema_refuses_a_typo(setting: str, path: str) -> None:
 
 @pytest.mark.parametrize(("setting", "field"), [
     ("exporter.backend=cuda", "/exporter/backend"),
+    ("exporter.hostSysfs=yes", "/exporter/hostSysfs"),
     ("exporter.pollInterval=0", "/exporter/pollInterval"),
     ("json:exporter.pollInterval=\"fast\"", "/exporter/pollInterval"),
     ("controller.replicas=0", "/controller/replicas"),
@@ -201,6 +215,16 @@ def test_schema_refuses_a_typo(setting: str, path: str) -> None:
     ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
     ("json:exporter.nodeSelector={\"a\":1}", "/exporter/nodeSelector/a"),
     ("scheduler.schedulerName=Bad_Name", "/scheduler/schedulerName"),
+    ("reportingInterval=0", "/reportingInterval"),
+    ("reportingInterval=4", "/reportingInterval"),
+    ("reportingInterval=7200", "/reportingInterval"),
+    ("json:reportingInterval=\"30s\"", "/reportingInterval"),
+    ("controller.extender.tls.source=vault", "/controller/extender/tls/source"),
+    ("controller.extender.tls.certificateDays=0", "/controller/extender/tls/certificateDays"),
+    ("controller.extender.tls.issuerRef.kind=Secret", "/controller/extender/tls/issuerRef/kind"),
+    ("controller.extender.maxRequestBytes=100", "/controller/extender/maxRequestBytes"),
+    ("networkPolicy.prometheusNamespace=Mon_itoring", "/networkPolicy/prometheusNamespace"),
+    ("json:networkPolicy.extenderPeers={\"ipBlock\":1}", "/networkPolicy/extenderPeers"),
 ])
 def test_schema_refuses_a_bad_value(setting: str, field: str) -> None:
     result = template_text(setting, check=False)
@@ -212,7 +236,16 @@ def test_schema_refuses_a_bad_value(setting: str, field: str) -> None:
     (("exporter.backend=simulated",), "exporter.fleet: required"),
     (("controller.replicas=2", "controller.leaderElection=false"),
      "controller.leaderElection: must be true"),
-    (("controller.extender.tls.enabled=true",), "controller.extender.tls.secretName: required"),
+    (("controller.extender.tls.source=secrets",),
+     "controller.extender.tls.secretName: required with source secrets"),
+    (("controller.extender.tls.source=secrets", "controller.extender.tls.secretName=s"),
+     "controller.extender.tls.clientSecretName: required with source secrets"),
+    (("controller.extender.tls.secretName=s",),
+     "controller.extender.tls.secretName, clientSecretName: only with source secrets"),
+    (("controller.extender.tls.source=helm", "controller.extender.tls.issuerRef.name=ca"),
+     "controller.extender.tls.issuerRef.name: only with source certManager or auto"),
+    (("scheduler.enabled=false",), "networkPolicy.extenderPeers: required when "
+                                   "scheduler.enabled is false"),
 ])
 def test_inconsistent_values_fail_with_the_field(sets: tuple[str, ...], message: str) -> None:
     result = template_text(*sets, check=False)
@@ -325,12 +358,12 @@ def test_every_values_key_is_documented_with_an_example() -> None:
 # ------------------------------------------------------------------------------- security
 SECURITY_VARIANTS = [
     (),
-    ("controller.extender.tls.enabled=true", "controller.extender.tls.secretName=tls",
-     "exporter.backend=simulated", 'json:exporter.fleet={"nodes":[]}'),
+    ("controller.extender.tls.enabled=false", "exporter.backend=simulated",
+     'json:exporter.fleet={"nodes":[]}'),
 ]
 
 
-@pytest.mark.parametrize("sets", SECURITY_VARIANTS, ids=["defaults", "tls-simulated"])
+@pytest.mark.parametrize("sets", SECURITY_VARIANTS, ids=["defaults", "plain-simulated"])
 def test_every_container_is_locked_down(sets: tuple[str, ...]) -> None:
     docs = render(*sets)
     checked = 0
@@ -442,7 +475,7 @@ def _click_command(subcommand: str) -> click.Command:
 @pytest.mark.parametrize("sets", [
     *SECURITY_VARIANTS,
     ("controller.leaderElection=false", 'json:controller.watchNamespaces=["a","b"]')],
-    ids=["defaults", "tls-simulated", "no-leader-namespaces"])
+    ids=["defaults", "plain-simulated", "no-leader-namespaces"])
 def test_container_command_lines_are_accepted_by_the_cli(sets: tuple[str, ...]) -> None:
     docs = render(*sets)
     seen = set()
@@ -456,6 +489,21 @@ def test_container_command_lines_are_accepted_by_the_cli(sets: tuple[str, ...]) 
             command.make_context(subcommand, list(args), resilient_parsing=False)
             seen.add(subcommand)
     assert seen == {"exporter", "controller", "cleanup"}
+
+
+@pytest.mark.parametrize(("sets", "seconds"), [((), "30"), (("reportingInterval=45",), "45")])
+def test_one_reporting_interval_feeds_the_exporter_and_the_controller(
+        sets: tuple[str, ...], seconds: str) -> None:
+    """The exporter's heartbeat and the controller's staleness limit are one value."""
+    flags = {}
+    for where, spec in pod_specs(render(*sets)):
+        for container in spec["containers"]:
+            for arg in container.get("args") or []:
+                for flag in ("--report-interval=", "--reporting-interval="):
+                    if arg.startswith(flag):
+                        flags[(where.split("/")[0], flag)] = arg[len(flag):]
+    assert flags == {("DaemonSet", "--report-interval="): seconds,
+                     ("Deployment", "--reporting-interval="): seconds}
 
 
 def test_probes_and_services_point_at_declared_ports() -> None:
@@ -511,44 +559,292 @@ def test_nvml_backend_asks_the_nvidia_runtime_for_the_management_library() -> No
     assert "runtimeClassName" not in find(render(), "DaemonSet")["spec"]["template"]["spec"]
 
 
+def test_exporter_defaults_to_auto_and_reads_the_containers_own_sys() -> None:
+    daemonset = find(render(), "DaemonSet", "exo-gpu-exporter")
+    spec = daemonset["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert "--backend=auto" in container["args"]
+    assert not [a for a in container["args"] if a.startswith("--sysfs-root")]
+    # auto tries NVML first: the NVIDIA runtime is asked for the management library.
+    assert {e["name"] for e in container["env"]} >= {"NVIDIA_VISIBLE_DEVICES",
+                                                      "NVIDIA_DRIVER_CAPABILITIES"}
+
+
+def test_host_sysfs_mounts_the_nodes_sys_read_only_and_points_the_exporter_at_it() -> None:
+    daemonset = find(render("exporter.hostSysfs=true", "exporter.backend=drm"), "DaemonSet",
+                     "exo-gpu-exporter")
+    spec = daemonset["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "host-sys")
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "host-sys")
+    assert volume["hostPath"] == {"path": "/sys", "type": "Directory"}
+    assert mount["readOnly"] is True
+    assert f"--sysfs-root={mount['mountPath']}" in container["args"]
+    assert "--backend=drm" in container["args"]
+    assert "NVIDIA_VISIBLE_DEVICES" not in {e["name"] for e in container.get("env", [])}
+
+
 # ------------------------------------------------------------------------------- scheduler
 def test_scheduler_configmap_says_what_the_shipped_config_says() -> None:
     assert scheduler_config(render()) == yaml.safe_load(SCHEDULER_CONFIG.read_text())
 
 
-def test_scheduler_follows_the_extender_service_and_tls() -> None:
-    docs = render("controller.extender.tls.enabled=true", "controller.extender.tls.secretName=s",
-                  "controller.extender.port=8443", namespace="ops", release="gpu")
+def _mounted(spec: dict[str, Any], container: dict[str, Any], path: str) -> str:
+    """The Secret a file path of ``container`` comes from (the volume mounted above it)."""
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    return str(volume["secret"]["secretName"])
+
+
+def test_scheduler_and_extender_speak_mutual_tls_by_default() -> None:
+    docs = render("controller.extender.port=8443", namespace="ops", release="gpu")
     (extender,) = scheduler_config(docs)["extenders"]
     service = find(docs, "Service", "gpu-exo-gpu-extender")
     assert extender["urlPrefix"] == "https://gpu-exo-gpu-extender.ops.svc:8443"
     assert service["spec"]["ports"][0]["port"] == 8443
     assert extender["enableHTTPS"] is True
-    assert extender["tlsConfig"]["serverName"] == "gpu-exo-gpu-extender.ops.svc"
-    deployment = find(docs, "Deployment", "gpu-exo-gpu-scheduler")["spec"]["template"]["spec"]
-    mount = next(m for m in deployment["containers"][0]["volumeMounts"]
-                 if m["name"] == "extender-ca")
-    assert extender["tlsConfig"]["caFile"] == f"{mount['mountPath']}/ca.crt"
+    client = extender["tlsConfig"]
+    assert client["serverName"] == "gpu-exo-gpu-extender.ops.svc"
+    scheduler = find(docs, "Deployment", "gpu-exo-gpu-scheduler")["spec"]["template"]["spec"]
+    for key in ("caFile", "certFile", "keyFile"):
+        assert _mounted(scheduler, scheduler["containers"][0], client[key]) == \
+            "gpu-exo-gpu-scheduler-tls"
     controller = find(docs, "Deployment", "gpu-exo-gpu-controller")["spec"]["template"]["spec"]
     (container,) = controller["containers"]  # the controller process serves the extender
-    assert "--tls-cert=/etc/exo-gpu/tls/tls.crt" in container["args"]
-    assert "--extender-port=8443" in container["args"]
+    args = dict(a.split("=", 1) for a in container["args"] if a.startswith("--") and "=" in a)
+    assert args["--extender-port"] == "8443"
+    assert args["--tls-client-name"] == "exo-gpu-scheduler"
+    assert "--plain-http" not in container["args"]
+    for flag in ("--tls-cert", "--tls-key", "--tls-client-ca"):
+        assert _mounted(controller, container, args[flag]) == "gpu-exo-gpu-extender-tls"
     assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
     test_pod = find(docs, "Pod")
-    assert "https://gpu-exo-gpu-extender.ops.svc:8443/healthz" in test_pod["spec"]["containers"][
-        0]["args"][0]
+    script = test_pod["spec"]["containers"][0]["args"][0]
+    assert 'url = "https://gpu-exo-gpu-extender.ops.svc:8443"' in script
+    assert "error.code == 403" in script  # a caller without a certificate is refused
+    assert not [v for v in test_pod["spec"]["volumes"] if v["secret"].get("items") !=
+                [{"key": "ca.crt", "path": "ca.crt"}]], "the test pod holds no client key"
+
+
+def _secret_files(doc: dict[str, Any], folder: Path) -> dict[str, Path]:
+    import base64
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for key, value in doc["data"].items():
+        files[key] = folder / key
+        files[key].write_bytes(base64.b64decode(value))
+    return files
+
+
+async def test_generated_certificates_work_together(tmp_path: Path) -> None:
+    """The Secrets Helm generates, used as the pods use them: the extender serves with its
+    Secret, kube-scheduler's client (its Secret, the Service name as serverName) gets an
+    answer, and a caller without a certificate gets only the refusal."""
+    import ssl
+
+    import aiohttp
+    from cryptography import x509
+
+    from exo.gpu.devcluster.cluster import free_port
+    from exo.gpu.extender.server import ExtenderServer, ServingTLS, start_site
+    from exo.gpu.k8s.view import ClusterView
+
+    docs = render(namespace="ops", release="gpu")
+    served = _secret_files(find(docs, "Secret", "gpu-exo-gpu-extender-tls"), tmp_path / "ext")
+    client = _secret_files(find(docs, "Secret", "gpu-exo-gpu-scheduler-tls"), tmp_path / "sch")
+    ca = _secret_files(find(docs, "Secret", "gpu-exo-gpu-extender-ca"), tmp_path / "ca")
+    assert served["ca.crt"].read_bytes() == client["ca.crt"].read_bytes() == \
+        ca["tls.crt"].read_bytes()
+    leaf = x509.load_pem_x509_certificate(client["tls.crt"].read_bytes())
+    assert leaf.subject.rfc4514_string() == "CN=exo-gpu-scheduler"
+    serving = x509.load_pem_x509_certificate(served["tls.crt"].read_bytes())
+    assert "gpu-exo-gpu-extender.ops.svc" in serving.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+
+    tls = ServingTLS(str(served["tls.crt"]), str(served["tls.key"]), str(served["ca.crt"]),
+                     client_names=["exo-gpu-scheduler"])
+    port = free_port()
+    runner = await start_site(ExtenderServer(ClusterView(), binder=None).app(), "127.0.0.1",
+                              port, tls)
+    try:
+        scheduler = ssl.create_default_context(cafile=str(client["ca.crt"]))
+        scheduler.load_cert_chain(str(client["tls.crt"]), str(client["tls.key"]))
+        anonymous = ssl.create_default_context(cafile=str(client["ca.crt"]))
+        resolver = {"gpu-exo-gpu-extender.ops.svc": "127.0.0.1"}
+
+        class Pinned(aiohttp.abc.AbstractResolver):
+            async def resolve(self, host: str, port: int = 0, family: int = 0
+                              ) -> list[dict[str, Any]]:
+                return [{"hostname": host, "host": resolver[host], "port": port,
+                         "family": family, "proto": 0, "flags": 0}]
+
+            async def close(self) -> None:
+                return None
+
+        url = f"https://gpu-exo-gpu-extender.ops.svc:{port}/filter"
+        body = {"Pod": {"metadata": {"name": "p", "namespace": "n", "uid": "u"},
+                        "spec": {"containers": []}}, "NodeNames": []}
+        for context, status in ((scheduler, 200), (anonymous, 403)):
+            connector = aiohttp.TCPConnector(ssl=context, resolver=Pinned())
+            async with aiohttp.ClientSession(connector=connector) as session, \
+                    session.post(url, json=body) as reply:
+                assert reply.status == status, await reply.text()
+    finally:
+        await runner.cleanup()
+
+
+def test_cert_manager_issues_the_same_secrets_when_present() -> None:
+    docs = render(namespace="ops", release="gpu", extra=("--api-versions", CERT_MANAGER))
+    assert not [d for d in docs if d["kind"] == "Secret"]  # no key in the manifest
+    certificates = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Certificate"}
+    issuers = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Issuer"}
+    assert issuers["gpu-exo-gpu-selfsigned"] == {"selfSigned": {}}
+    assert issuers["gpu-exo-gpu-extender-ca"] == {"ca": {"secretName": "gpu-exo-gpu-extender-ca"}}
+    assert certificates["gpu-exo-gpu-extender-ca"]["isCA"] is True
+    serving, client = certificates["gpu-exo-gpu-extender"], certificates["gpu-exo-gpu-scheduler"]
+    assert serving["secretName"] == "gpu-exo-gpu-extender-tls"
+    assert "gpu-exo-gpu-extender.ops.svc" in serving["dnsNames"]
+    assert "server auth" in serving["usages"] and "client auth" not in serving["usages"]
+    assert client["secretName"] == "gpu-exo-gpu-scheduler-tls"
+    assert client["commonName"] == "exo-gpu-scheduler"
+    assert client["usages"] == ["client auth", "digital signature"]
+    assert serving["issuerRef"] == client["issuerRef"] == {"name": "gpu-exo-gpu-extender-ca",
+                                                           "kind": "Issuer"}
+    assert serving["duration"] == "8760h"
+    # The pods mount exactly the Secrets cert-manager writes.
+    mounted = {v["secret"]["secretName"] for d in docs if d["kind"] == "Deployment"
+               for v in d["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+    assert mounted == {"gpu-exo-gpu-extender-tls", "gpu-exo-gpu-scheduler-tls"}
+    # Another issuer replaces the chart's CA.
+    docs = render("controller.extender.tls.issuerRef.name=platform-ca",
+                  "controller.extender.tls.issuerRef.kind=ClusterIssuer",
+                  extra=("--api-versions", CERT_MANAGER))
+    assert not [d for d in docs if d["kind"] == "Issuer"]
+    refs = [d["spec"]["issuerRef"] for d in docs if d["kind"] == "Certificate"]
+    assert refs == [{"name": "platform-ca", "kind": "ClusterIssuer",
+                     "group": "cert-manager.io"}] * 2
+
+
+def test_user_secrets_are_mounted_and_nothing_is_generated() -> None:
+    docs = render("controller.extender.tls.source=secrets",
+                  "controller.extender.tls.secretName=mine-server",
+                  "controller.extender.tls.clientSecretName=mine-client",
+                  extra=("--api-versions", CERT_MANAGER))
+    assert not [d for d in docs if d["kind"] in ("Secret", "Certificate", "Issuer")]
+    mounted = {v["secret"]["secretName"] for d in docs if d["kind"] == "Deployment"
+               for v in d["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+    assert mounted == {"mine-server", "mine-client"}
+
+
+def test_plain_http_only_by_name() -> None:
+    docs = render("controller.extender.tls.enabled=false")
+    (extender,) = scheduler_config(docs)["extenders"]
+    assert extender["urlPrefix"].startswith("http://")
+    assert "tlsConfig" not in extender and "enableHTTPS" not in extender
+    controller = find(docs, "Deployment", "exo-gpu-controller")["spec"]["template"]["spec"]
+    assert "--plain-http" in controller["containers"][0]["args"]
+    assert not [a for a in controller["containers"][0]["args"] if a.startswith("--tls-")]
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    assert "WARNING: controller.extender.tls.enabled is false" in notes
+
+
+def test_request_limit_reaches_the_extender() -> None:
+    docs = render("controller.extender.maxRequestBytes=16777216")
+    controller = find(docs, "Deployment", "exo-gpu-controller")["spec"]["template"]["spec"]
+    assert "--max-request-bytes=16777216" in controller["containers"][0]["args"]
+
+
+# ------------------------------------------------------------------------------- network
+def _pod_labels(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, str]:
+    if kind == "Pod":
+        return dict(find(docs, kind, name)["metadata"]["labels"])
+    return dict(find(docs, kind, name)["spec"]["template"]["metadata"]["labels"])
+
+
+def _admits(policy: dict[str, Any], labels: dict[str, str], namespace: str,
+            namespace_labels: dict[str, str], port: str) -> bool:
+    """Whether ``policy`` admits a pod with ``labels`` in ``namespace`` to ``port`` (the parts
+    of NetworkPolicy semantics the chart uses: podSelector and namespaceSelector peers)."""
+    for rule in policy["spec"]["ingress"]:
+        if port not in [p["port"] for p in rule["ports"]]:
+            continue
+        for peer in rule["from"]:
+            pod_ok = peer.get("podSelector", {}).get("matchLabels", {}).items() <= labels.items()
+            if "namespaceSelector" in peer:
+                ns_ok = peer["namespaceSelector"]["matchLabels"].items() <= \
+                    namespace_labels.items()
+            else:
+                ns_ok = namespace == policy["metadata"]["namespace"]
+            if pod_ok and ns_ok and ("podSelector" in peer or "namespaceSelector" in peer):
+                return True
+    return False
+
+
+def test_network_policies_admit_only_the_scheduler_and_prometheus() -> None:
+    docs = render("networkPolicy.prometheusNamespace=observability")
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    controller = policies["exo-gpu-controller"]
+    here = {"kubernetes.io/metadata.name": NAMESPACE}
+    prometheus = {"kubernetes.io/metadata.name": "observability"}
+    scheduler = _pod_labels(docs, "Deployment", "exo-gpu-scheduler")
+    exporter = _pod_labels(docs, "DaemonSet", "exo-gpu-exporter")
+    test_pod = _pod_labels(docs, "Pod", "exo-gpu-test-extender")
+    assert controller["spec"]["podSelector"]["matchLabels"].items() <= \
+        _pod_labels(docs, "Deployment", "exo-gpu-controller").items()
+    assert controller["spec"]["policyTypes"] == ["Ingress"]
+    assert _admits(controller, scheduler, NAMESPACE, here, "extender")
+    assert _admits(controller, test_pod, NAMESPACE, here, "extender")
+    assert not _admits(controller, exporter, NAMESPACE, here, "extender")
+    assert not _admits(controller, {"app": "prometheus"}, "observability", prometheus,
+                       "extender")
+    assert not _admits(controller, scheduler, "other", {"kubernetes.io/metadata.name": "other"},
+                       "extender")
+    assert _admits(controller, {"app": "prometheus"}, "observability", prometheus, "metrics")
+    assert not _admits(controller, {"app": "prometheus"}, "default",
+                       {"kubernetes.io/metadata.name": "default"}, "metrics")
+    assert not _admits(controller, scheduler, NAMESPACE, here, "metrics")
+    for name, port in (("exo-gpu-exporter", "metrics"), ("exo-gpu-scheduler", "https")):
+        policy = policies[name]
+        assert _admits(policy, {}, "observability", prometheus, port), name
+        assert not _admits(policy, scheduler, NAMESPACE, here, port), name
+    # The ports named in the policies are ports the pods declare.
+    for kind, name, port in (("Deployment", "exo-gpu-controller", "extender"),
+                             ("Deployment", "exo-gpu-controller", "metrics"),
+                             ("DaemonSet", "exo-gpu-exporter", "metrics"),
+                             ("Deployment", "exo-gpu-scheduler", "https")):
+        containers = find(docs, kind, name)["spec"]["template"]["spec"]["containers"]
+        assert port in {p["name"] for c in containers for p in c.get("ports", [])}, name
+
+
+def test_own_scheduler_needs_peers_and_gets_them() -> None:
+    peers = [{"ipBlock": {"cidr": "10.0.0.0/24"}}]
+    docs = render("scheduler.enabled=false", "json:networkPolicy.extenderPeers=" +
+                  json.dumps(peers))
+    controller = find(docs, "NetworkPolicy", "exo-gpu-controller")
+    (extender_rule, _metrics) = controller["spec"]["ingress"]
+    assert extender_rule["from"][-1] == peers[0]
+    assert not [p for p in extender_rule["from"] if "podSelector" in p
+                and p["podSelector"]["matchLabels"].get("app.kubernetes.io/component") ==
+                "scheduler"]
+    assert not [d for d in render("networkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"]
 
 
 def test_scheduler_disabled_leaves_only_the_extender() -> None:
-    docs = render("scheduler.enabled=false")
-    assert not [d for d in docs if d["metadata"]["name"].startswith("exo-gpu-scheduler")]
+    docs = render("scheduler.enabled=false", "networkPolicy.enabled=false")
+    # Only the client certificate stays, for the cluster's own kube-scheduler to present.
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs
+            if d["metadata"]["name"].startswith("exo-gpu-scheduler")] == \
+        [("Secret", "exo-gpu-scheduler-tls")]
     find(docs, "Service", "exo-gpu-extender")
 
 
 def test_service_monitors_select_services_with_those_ports() -> None:
     docs = render("serviceMonitor.enabled=true", "json:serviceMonitor.labels={\"release\":\"p\"}")
     monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
-    assert len(monitors) == 3
+    # The extender's metrics are served on the controller's metrics port.
+    assert {m["metadata"]["name"] for m in monitors} == {"exo-gpu-controller", "exo-gpu-exporter"}
     services = [d for d in docs if d["kind"] == "Service"]
     for monitor in monitors:
         assert monitor["metadata"]["labels"]["release"] == "p"

@@ -57,7 +57,8 @@ def test_cleanup_may_list_and_delete_devices_and_only_the_releases_leases() -> N
 
 
 def test_cleanup_names_only_leases_that_exist() -> None:
-    docs = _hook_docs("controller.leaderElection=false", "scheduler.enabled=false")
+    docs = _hook_docs("controller.leaderElection=false", "scheduler.enabled=false",
+                      "networkPolicy.enabled=false")
     assert not [r for r in find(docs, "Role")["rules"] if r["resources"] == ["leases"]]
     args = find(docs, "Job")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert not [a for a in args if a.startswith("--lease")]

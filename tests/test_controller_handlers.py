@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
-from exo.gpu.controller.handlers import (
+from exo.gpu.controller.controller import Controller
+from exo.gpu.controller.health import (
     SUMMARY_MIN_INTERVAL_S,
-    Controller,
-    build_pod,
     health_conditions,
     heartbeat,
     stale_state,
     summary_needs_write,
 )
 from exo.gpu.controller.planning import parse_workload, plan
+from exo.gpu.controller.pods import build_pod
 from exo.gpu.k8s.models import GPUDevice, find_condition
 from exo.gpu.k8s.view import ClusterView, Reservation
 from exo.gpu.selector import SelectionPolicy
@@ -438,7 +438,7 @@ class TestCaches:
 def test_workload_label_values_are_valid(name: str) -> None:
     import re
 
-    from exo.gpu.controller.handlers import label_value
+    from exo.gpu.controller.pods import label_value
 
     value = label_value(name)
     assert len(value) <= 63

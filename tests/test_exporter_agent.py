@@ -252,6 +252,22 @@ async def test_failed_discovery_vanishes_nothing() -> None:
     assert "n1-nvidia-0" in api.objects
 
 
+async def test_a_vanished_device_is_deleted_unless_cordoned() -> None:
+    """A cordon is its operator's: deleting (and later re-creating) the device would lift it,
+    and the admission policy refuses the exporter that delete."""
+    agent, api, clock = make_agent([L4, L4], rediscover_interval_s=2.0, vanish_grace_s=10.0)
+    await agent.poll_once()
+    api.objects["n1-nvidia-1"]["spec"]["unschedulable"] = True
+    agent.objects["n1-nvidia-1"] = GPUDevice.model_validate(api.objects["n1-nvidia-1"])
+    agent.backend.backend.discover = lambda: []  # type: ignore[attr-defined]
+    await run(agent, clock, 30)
+    assert "n1-nvidia-0" not in api.objects
+    ready = {c["type"]: c for c in api.status_of("n1-nvidia-1")["conditions"]}["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "DeviceVanished")
+    assert [(r.kind, r.device) for r in agent.write_log if r.kind == "delete"] == \
+        [("delete", "n1-nvidia-0")]
+
+
 async def test_object_deleted_by_someone_else_is_recreated() -> None:
     agent, api, clock = make_agent([L4])
     await agent.poll_once()

@@ -58,6 +58,20 @@ def test_amd_identity_metrics_and_health() -> None:
     assert broken.health(broken.discover()[0]).reason == "EccUncorrectable"
 
 
+def test_amd_fields_the_board_does_not_report_are_absent_not_zero() -> None:
+    smi = fake_amdsmi()
+    smi.amdsmi_get_power_info = lambda h: {"current_socket_power": "N/A",
+                                           "average_socket_power": "N/A"}
+    smi.amdsmi_get_temp_metric = lambda h, sensor, metric: "N/A"
+    backend = AMDSMIBackend("n1", amdsmi=smi)
+    sample = backend.read(backend.discover()[0])
+    assert sample.power_watts is None and sample.temperature_celsius is None
+    assert sample.compute_utilization_percent == 63
+    smi.amdsmi_get_gpu_activity = lambda h: {"gfx_activity": "N/A"}
+    with pytest.raises(BackendError, match="no gfx_activity"):
+        backend.read(backend.discover()[0])
+
+
 def test_amd_import_failure_without_rocm_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     real_import = builtins.__import__
 
@@ -115,6 +129,18 @@ def test_intel_missing_utilization_is_an_error_not_zero() -> None:
     (device,) = backend.discover()
     with pytest.raises(BackendError, match="no utilization"):
         backend.read(device)
+
+
+def test_intel_na_cells_are_absent_not_zero() -> None:
+    runner = FakeXpuSmi()
+    runner.dump = DUMP.replace("288.10", "N/A").replace("52.00", "N/A")
+    backend = IntelBackend("n1", runner=runner)
+    sample = backend.read(backend.discover()[0])
+    assert sample.power_watts is None and sample.temperature_celsius is None
+    assert sample.clock_rate_mhz == 1550
+    runner.dump = DUMP.replace("20480.00", "N/A")
+    with pytest.raises(BackendError, match="no memory used"):
+        backend.read(backend.discover()[0])
 
 
 def test_parse_dump_needs_a_sample() -> None:

@@ -36,7 +36,7 @@ TOTAL = 80 * GIB
 BASE = {"used": 10 * GIB, "util": 50.0, "temp": 60.0, "power": 300.0, "clock": 1500.0}
 
 
-def sample(t: float = 0.0, **changes: float) -> GPUMetrics:
+def sample(t: float = 0.0, **changes: float | None) -> GPUMetrics:
     values = {**BASE, **changes}
     return GPUMetrics(
         device_id="n-nvidia-0", timestamp=1_800_000_000 + t, memory_total_bytes=TOTAL,
@@ -71,6 +71,16 @@ TABLE = [
     ("power +5 %", PREV, sample(power=315), 10, False, None, WriteReason.POWER),
     ("power +4.9 %", PREV, sample(power=314.7), 10, False, None, None),
     ("clock alone never writes", PREV, sample(clock=600), 10, False, None, None),
+    # Fields the driver does not expose are None: appearing or vanishing is a change, two
+    # absent readings are not, and an absent previous power has a 1 W band.
+    ("temperature stops being reported", PREV, sample(temp=None), 10, False, None,
+     WriteReason.TEMPERATURE),
+    ("temperature starts being reported", sample(temp=None), sample(), 10, False, None,
+     WriteReason.TEMPERATURE),
+    ("temperature absent twice", sample(temp=None), sample(temp=None), 10, False, None, None),
+    ("power stops being reported", PREV, sample(power=None), 10, False, None, WriteReason.POWER),
+    ("power absent twice", sample(power=None), sample(power=None), 10, False, None, None),
+    ("clock absent alone never writes", PREV, sample(clock=None), 10, False, None, None),
     ("heartbeat due", PREV, sample(), 30, False, None, WriteReason.HEARTBEAT),
     ("heartbeat not yet due", PREV, sample(), 29.9, False, None, None),
     ("jittered heartbeat due earlier", PREV, sample(), 27, False, 27.0, WriteReason.HEARTBEAT),
@@ -204,6 +214,19 @@ def test_build_status_keeps_the_controllers_fields() -> None:
     assert status.observed_generation == 3
     ready = find_condition(status.conditions, "Ready")
     assert ready is not None and ready.observed_generation == 3
+
+
+def test_build_status_leaves_fields_the_driver_does_not_expose_absent() -> None:
+    state = desired_conditions(HEALTHY, None, 0, None, "drm")
+    adreno = sample(temp=None, power=None, clock=587.0)
+    status = build_status(None, adreno, state, 1_800_000_010.0, generation=1)
+    assert status.metrics is not None
+    assert status.metrics.temperature_celsius is None and status.metrics.power_watts is None
+    wire = status.to_api()["metrics"]
+    assert "temperatureCelsius" not in wire and "powerWatts" not in wire
+    assert wire["clockRateMHz"] == 587.0
+    back = status.metrics.to_sample("n-qualcomm-0", TOTAL)
+    assert (back.temperature_celsius, back.power_watts) == (None, None)
 
 
 def test_build_status_without_sample_keeps_metrics_and_heartbeat() -> None:

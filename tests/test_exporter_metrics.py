@@ -112,6 +112,20 @@ def test_failed_read_serves_no_stale_value_and_removal_drops_the_device() -> Non
     assert value(metrics, "hw_gpu_memory_limit_bytes", **HW) is None
 
 
+def test_absent_fields_have_no_series_never_zero() -> None:
+    metrics = ExporterMetrics("n1", registry=CollectorRegistry())
+    adreno = SAMPLE.model_copy(update={"power_watts": None, "clock_rate_mhz": None,
+                                       "temperature_celsius": None})
+    metrics.record_sample(INFO, adreno)
+    for name in ("DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_SM_CLOCK"):
+        assert value(metrics, name, **DCGM) is None
+    for name in ("hw_gpu_temperature_celsius", "hw_gpu_power_draw_watts",
+                 "hw_gpu_clock_frequency_hertz"):
+        assert value(metrics, name, **HW) is None
+    assert value(metrics, "DCGM_FI_DEV_GPU_UTIL", **DCGM) == 42.5
+    assert value(metrics, "hw_gpu_memory_usage_bytes", **HW) == 6 * GIB
+
+
 def test_exporter_health_families() -> None:
     metrics = ExporterMetrics("n1", registry=CollectorRegistry())
     metrics.scrape_duration.labels("nvml").observe(0.003)

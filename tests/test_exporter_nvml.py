@@ -12,6 +12,7 @@ import pytest
 
 from exo.gpu.exporter.agent import AgentConfig, DeviceAgent, desired_conditions
 from exo.gpu.exporter.backends.base import (
+    BackendError,
     BackendTimeout,
     BackendUnavailable,
     DeviceLost,
@@ -265,3 +266,24 @@ async def test_agent_reports_a_hung_device_not_healthy(gpus: list[FakeGPU], sysf
     finally:
         release.set()
         guarded.close()
+
+
+def test_queries_the_board_does_not_support_are_absent_not_zero(gpus: list[FakeGPU],
+                                                                sysfs: Path) -> None:
+    fake = fake_pynvml(gpus)
+
+    def no_power(h: FakeGPU) -> int:
+        raise NVMLError(3)  # NVML_ERROR_NOT_SUPPORTED, as on boards without a power sensor
+
+    fake.nvmlDeviceGetPowerUsage = no_power
+    backend = NVMLBackend("node-1", nvml=fake, sysfs=sysfs)
+    sample = backend.read(backend.discover()[0])
+    assert sample.power_watts is None
+    assert sample.temperature_celsius == 61 and sample.clock_rate_mhz == 1755
+
+    def broken(h: FakeGPU) -> int:
+        raise NVMLError(999)  # any other error still fails the read
+
+    fake.nvmlDeviceGetPowerUsage = broken
+    with pytest.raises(BackendError, match="NVML error 999"):
+        backend.read(backend.discover()[0])

@@ -30,7 +30,7 @@ NOW = 1_790_000_000.0
 
 
 def device(node: str, index: int, *, vendor: str = "nvidia", total: int = 80 * GIB,
-           used: int = 0, util: float = 0.0, temp: float = 50.0, age: float = 0.0,
+           used: int = 0, util: float = 0.0, temp: float | None = 50.0, age: float = 0.0,
            ready: bool = True, cordoned: bool = False, metrics: bool = True) -> dict[str, Any]:
     info = GPUDeviceInfo(device_id="x", vendor=Vendor(vendor), name="Test GPU",
                          memory_total_bytes=total, uuid=f"UUID-{node}-{index}")
@@ -71,6 +71,7 @@ class TestFilter:
         (device("n", 0, metrics=False), False, False, "NoMetrics"),
         (device("n", 0, temp=90), False, False, "TooHot"),
         (device("n", 0, temp=89), True, None, None),
+        (device("n", 0, temp=None), True, None, None),  # not exposed: never TooHot
         (device("n", 0, age=91), False, False, "Stale"),
         (device("n", 0, age=89), True, None, None),
         (device("n", 0, vendor="amd"), False, False, "VendorMismatch"),
@@ -276,22 +277,22 @@ class TestViewDevices:
 def test_fast_path_agrees_with_the_full_rules(
         specs: list[tuple[int, int, int, int, bool]], need_gib: int | None,
         vendor: str | None, gpus: int) -> None:
-    from exo.gpu.extender.filter import device_rejection, judge_node
+    from exo.gpu.extender.filter import fit_request, judge_node
+    from exo.gpu.fit import fit
 
     view = view_of(*(device("n", i, vendor="amd" if amd else "nvidia", used=used * GIB,
                             util=util, temp=temp, age=age, total=80 * GIB)
                      for i, (used, util, temp, age, amd) in enumerate(specs)))
-    request = pod(gpus=gpus, min_memory=None if need_gib is None else need_gib * GIB,
-                  vendor=vendor)
-    stale_before = view.stale_before(NOW)
+    request = fit_request(pod(gpus=gpus, min_memory=None if need_gib is None else need_gib * GIB,
+                              vendor=vendor))
     ordered = view.ordered_by_node["n"]
-    fitting = [s.name for s in ordered if device_rejection(s, request, stale_before) is None]
-    verdict = judge_node(view, request, "n", stale_before)
+    fitting = [s.name for s in ordered if fit(s, request, NOW, view.policy).fits]
+    verdict = judge_node(view, request, "n", NOW)
     if len(fitting) >= gpus:
-        assert [s.name for s in verdict.eligible] == fitting[:gpus]
-        assert verdict.reasons == []
+        assert [s.name for s in verdict.devices] == fitting[:gpus]
+        assert verdict.rejections == ()
     else:  # every device that does not fit says why
-        assert len(verdict.reasons) == len(ordered) - len(fitting)
+        assert len(verdict.rejections) == len(ordered) - len(fitting)
 
 
 class TestPreempt:
@@ -330,7 +331,7 @@ class TestViewIdentity:
         view.apply_device(device("n", 0, util=20, age=-1))
         view.apply_device(device("n", 0, util=30, age=-2, cordoned=True))
         assert len(view.manager.get_metrics_history("n-nvidia-0")) == 2  # not re-registered
-        assert (view.node_slots("n")["n-nvidia-0"].blocked or "").startswith("Cordoned")
+        assert view.node_slots("n")["n-nvidia-0"].blocked == ("Cordoned",)
 
     def test_a_new_identity_starts_over(self) -> None:
         view = view_of(device("n", 0, total=80 * GIB))

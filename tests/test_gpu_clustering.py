@@ -354,6 +354,8 @@ SCORE_TABLE = [
     ("util-below-0", 100, 100, 0, -10.0, 30.0, 0.0, 0.4, 0.0, 0.4),
     # zero total (impossible through the models) cannot divide by zero
     ("zero-total", 0, 0, 0, 0.0, 30.0, 0.0, 0.4, 0.0, 0.4),
+    # unknown temperature (the driver exposes none): no thermal penalty; 0.6 * 0.5 + 0.4 * 0.5
+    ("temperature-unknown", 100, 50, 0, 50.0, None, 0.3, 0.2, 0.0, 0.5),
 ]
 
 
@@ -369,7 +371,7 @@ class TestScoreFormula:
         used: int,
         reserved: int,
         util: float,
-        temp: float,
+        temp: float | None,
         memory: float,
         compute: float,
         thermal: float,
@@ -521,6 +523,15 @@ class TestSelection:
         if not eligible:
             assert ranked.reason is RejectionReason.TOO_HOT
             assert f"{temp:.1f} C" in ranked.rejections[0].message
+
+    def test_unknown_temperature_is_never_too_hot(self) -> None:
+        manager = GPUClusteringManager()
+        manager.register_device(info())
+        manager.record_metrics_sync(metrics().model_copy(update={"temperature_celsius": None}))
+        assert manager.select_best_device() == "cuda:0"
+        ranked = manager.explain_device("cuda:0")
+        assert ranked.eligible and ranked.breakdown is not None
+        assert ranked.breakdown.thermal == 0.0
 
     def test_staleness_follows_the_injected_clock(self) -> None:
         clock = Clock(T0)
@@ -705,6 +716,38 @@ class TestTelemetryCollector:
         assert agg["max_temperature_celsius"] == 60.0
         assert agg["devices_by_vendor"]["amd"] == 0
         assert agg["used_memory_bytes"] == 20 * GB + 4 * GB + 1 * GB
+
+    def test_aggregate_leaves_unknown_temperature_and_power_out(self) -> None:
+        collector = TelemetryCollector()
+        for device_id in ("n0", "q0", "i0"):
+            collector.register(device_id, Vendor.NVIDIA, 24 * GB)
+        collector.record(metrics("n0", temp=60.0, power=300.0))
+        # An Adreno: no power exposed. An integrated Intel GPU: neither power nor temperature.
+        collector.record(metrics("q0", temp=44.0).model_copy(update={"power_watts": None}))
+        collector.record(
+            metrics("i0").model_copy(update={"power_watts": None, "temperature_celsius": None})
+        )
+        agg = collector.aggregate()
+        assert agg["reporting_device_count"] == 3
+        assert agg["max_temperature_celsius"] == 60.0
+        assert agg["total_power_watts"] == 300.0
+        assert agg["unknown_temperature_device_count"] == 1
+        assert agg["unknown_power_device_count"] == 2
+        # The integrated GPU starts reporting power; the NVIDIA device leaves.
+        collector.record(
+            metrics("i0", ts=T0 + 1).model_copy(update={"temperature_celsius": None})
+        )
+        collector.unregister("n0")
+        agg = collector.aggregate()
+        assert agg["max_temperature_celsius"] == 44.0
+        assert agg["total_power_watts"] == 150.0
+        assert agg["unknown_temperature_device_count"] == 1
+        assert agg["unknown_power_device_count"] == 1
+        collector.unregister("i0")
+        collector.unregister("q0")
+        agg = collector.aggregate()
+        assert agg["unknown_temperature_device_count"] == agg["unknown_power_device_count"] == 0
+        assert agg["max_temperature_celsius"] is None
 
     def test_empty_aggregate(self) -> None:
         agg = TelemetryCollector().aggregate(now=T0)

@@ -24,6 +24,10 @@ def test_extender_entry() -> None:
             extender["bindVerb"]) == ("filter", "prioritize", "preempt", "bind")
     assert extender["ignorable"] is False
     assert extender["httpTimeout"] == "5s"
+    # Mutual TLS by default: the scheduler verifies the extender and presents its certificate.
+    assert extender["urlPrefix"].startswith("https://")
+    assert extender["enableHTTPS"] is True
+    assert set(extender["tlsConfig"]) == {"serverName", "caFile", "certFile", "keyFile"}
     known = {"urlPrefix", "filterVerb", "prioritizeVerb", "preemptVerb", "bindVerb", "weight",
              "enableHTTPS", "tlsConfig", "httpTimeout", "nodeCacheCapable", "managedResources",
              "ignorable"}
@@ -32,8 +36,15 @@ def test_extender_entry() -> None:
 
 @pytest.mark.cluster
 def test_real_kube_scheduler_accepts_it(kube_cluster: LocalCluster, tmp_path: Path) -> None:
+    from exo.gpu.devcluster.pki import make_extender_pki
+
     config = yaml.safe_load(CONFIG.read_text())
     config["clientConnection"] = {"kubeconfig": kube_cluster.kubeconfig}
+    # kube-scheduler reads the extender's TLS files at start: put files where the pod has them.
+    pki = make_extender_pki(tmp_path / "pki")
+    tls = config["extenders"][0]["tlsConfig"]
+    tls.update(caFile=str(pki.ca_cert), certFile=str(pki.client_cert),
+               keyFile=str(pki.client_key))
     source, written = tmp_path / "in.yaml", tmp_path / "out.yaml"
     source.write_text(yaml.safe_dump(config))
     assert kube_cluster.binaries is not None
@@ -43,6 +54,8 @@ def test_real_kube_scheduler_accepts_it(kube_cluster: LocalCluster, tmp_path: Pa
     assert result.returncode == 0, result.stderr[-2000:]
     (extender,) = yaml.safe_load(written.read_text())["extenders"]
     assert extender["bindVerb"] == "bind"
+    assert extender["enableHTTPS"] is True
+    assert extender["tlsConfig"]["certFile"] == str(pki.client_cert)
     assert extender["managedResources"][0]["ignoredByScheduler"] is True
 
 
@@ -50,4 +63,4 @@ def test_the_local_cluster_configures_the_scheduler_as_users_do() -> None:
     from exo.gpu.devcluster.cluster import extender_entry
 
     (extender,) = yaml.safe_load(CONFIG.read_text())["extenders"]
-    assert extender_entry(extender["urlPrefix"]) == extender
+    assert extender_entry(extender["urlPrefix"], extender["tlsConfig"]) == extender

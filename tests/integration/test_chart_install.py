@@ -139,15 +139,18 @@ def _server_dry_run(cluster: LocalCluster, text: str) -> subprocess.CompletedPro
 
 @pytest.mark.parametrize("sets", [
     ("exporter.backend=simulated", 'exporter.fleet={"nodes":[{"name":"n1","devices":[]}]}',
-     "exporter.runtimeClassName=nvidia", "controller.extender.tls.enabled=true",
-     "controller.extender.tls.secretName=extender-tls"),
+     "exporter.runtimeClassName=nvidia", "controller.extender.tls.source=secrets",
+     "controller.extender.tls.secretName=extender-tls",
+     "controller.extender.tls.clientSecretName=scheduler-tls"),
     ("controller.replicas=2", 'controller.watchNamespaces=["ml-a","ml-b"]',
      "scheduler.replicas=2", 'imagePullSecrets=[{"name":"pull"}]',
      'exporter.extraVolumes=[{"name":"dri","hostPath":{"path":"/dev/dri"}}]',
      'exporter.extraVolumeMounts=[{"name":"dri","mountPath":"/dev/dri","readOnly":true}]',
      'exporter.podSecurityContext={"supplementalGroups":[44]}'),
-    ("rbac.create=false", "admissionPolicy.enabled=false", "scheduler.enabled=false"),
-], ids=["simulated-tls", "replicas-namespaces-devices", "minimal"])
+    ("rbac.create=false", "admissionPolicy.enabled=false", "scheduler.enabled=false",
+     'networkPolicy.extenderPeers=[{"ipBlock":{"cidr":"10.0.0.0/24"}}]'),
+    ("controller.extender.tls.enabled=false", "networkPolicy.enabled=false"),
+], ids=["simulated-tls-secrets", "replicas-namespaces-devices", "minimal", "plain-http"])
 def test_optional_variants_are_accepted(release: Release, sets: tuple[str, ...]) -> None:
     server = json.loads(release.cluster.kubectl("version", "-o", "json").stdout)
     args = ["template", "variant", str(CHART), "--namespace", release.namespace,
@@ -161,8 +164,41 @@ def test_optional_variants_are_accepted(release: Release, sets: tuple[str, ...])
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.usefixtures("cert_manager_api")
+@pytest.mark.parametrize("sets", [
+    (), ("controller.extender.tls.issuerRef.name=platform-ca",
+         "controller.extender.tls.issuerRef.kind=ClusterIssuer")],
+    ids=["chart-ca", "cluster-issuer"])
+def test_cert_manager_variants_are_accepted(release: Release, sets: tuple[str, ...]) -> None:
+    server = json.loads(release.cluster.kubectl("version", "-o", "json").stdout)
+    args = ["template", "variant", str(CHART), "--namespace", release.namespace,
+            "--kube-version", server["serverVersion"]["gitVersion"],
+            "--api-versions", "cert-manager.io/v1"]
+    for item in sets:
+        args += ["--set", item]
+    text = release.helm(*args).stdout
+    assert "kind: Certificate" in text
+    result = _server_dry_run(release.cluster, text)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def cert_manager_api(kube_cluster: LocalCluster) -> None:
+    """cert-manager's Certificate and Issuer kinds (stand-ins with the fields the chart uses:
+    cert-manager-crds.yaml), so that the API server checks the chart's cert-manager objects."""
+    kube_cluster.kubectl("apply", "--server-side", "-f",
+                         str(Path(__file__).parent / "cert-manager-crds.yaml"))
+    for crd in ("certificates.cert-manager.io", "issuers.cert-manager.io"):
+        kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                             f"crd/{crd}")
+
+
+@pytest.mark.usefixtures("cert_manager_api")
 def test_install_yaml_is_accepted(release: Release) -> None:
+    """install.yaml (rendered for a cluster with cert-manager) is accepted, cert-manager's
+    Certificates and Issuers included."""
     docs = _docs((ROOT / "manifests" / "install.yaml").read_text())
+    assert {d["kind"] for d in docs} >= {"Certificate", "Issuer", "NetworkPolicy"}
     assert docs[0]["kind"] == "Namespace"
     for doc in docs[1:]:  # into this test's namespace, so as not to touch exo-gpu-system
         if doc["metadata"].get("namespace") == "exo-gpu-system":
@@ -352,7 +388,7 @@ def test_exporter_writes_its_own_nodes_devices(
         created = as_a("create", "-f", "-", "-o", "json", input=json.dumps(mine))
         assert created.returncode == 0, created.stderr
         patched = as_a("patch", "gpudevice", name, "--type=merge",
-                       "-p", '{"spec":{"unschedulable":true}}')
+                       "-p", '{"spec":{"model":"NVIDIA H100 PCIe"}}')
         assert patched.returncode == 0, patched.stderr
         body = json.loads(release.cluster.kubectl("get", "gpudevice", name, "-o", "json").stdout)
         body["status"] = {"lastHeartbeatTime": "2026-01-01T00:00:00Z"}
@@ -581,10 +617,12 @@ def test_controller_and_extender_run_with_exactly_their_rights(
     try:
         with component(["controller", "--kubeconfig", str(kubeconfig), "--metrics-port", "0",
                         "--liveness", "", "--lease-namespace", release.namespace,
-                        "--lease-name", f"{release.fullname}-controller"],
+                        "--lease-name", f"{release.fullname}-controller",
+                        "--extender-port", "0"],
                        tmp_path / "controller.log") as controller, \
                 component(["extender", "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1",
-                           "--port", str(port)], tmp_path / "extender.log") as extender:
+                           "--port", str(port), "--plain-http"],
+                          tmp_path / "extender.log") as extender:
             release.cluster.kubectl("create", "-f", "-", input=json.dumps(workload))
 
             def placed() -> bool:

@@ -22,7 +22,7 @@ from kubernetes.client.rest import ApiException
 
 from exo.gpu.controller import planning
 from exo.gpu.controller.cli import load_view
-from exo.gpu.controller.handlers import Controller, ControllerConfig
+from exo.gpu.controller.controller import Controller, ControllerConfig
 from exo.gpu.controller.runner import LeaderSettings, run_operator
 from exo.gpu.devcluster import LocalCluster, wait_for
 from exo.gpu.k8s.view import ClusterView

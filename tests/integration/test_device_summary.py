@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client
 
 from exo.gpu.controller.api import ControllerAPI
-from exo.gpu.controller.handlers import Controller
+from exo.gpu.controller.controller import Controller
 from exo.gpu.devcluster import LocalCluster
 from exo.gpu.k8s.view import ClusterView, Reservation
 

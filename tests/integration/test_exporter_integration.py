@@ -324,6 +324,20 @@ def test_valid_hand_registered_device_is_accepted(kube_cluster: Any, hand_device
     assert result.returncode == 0, result.stderr
 
 
+def test_accepts_metrics_without_temperature_power_and_clock(kube_cluster: Any,
+                                                             hand_device: str) -> None:
+    """Fields a driver does not expose are absent on the wire, and the schema allows that."""
+    absent = {k: v for k, v in METRICS.items()
+              if k not in ("temperatureCelsius", "powerWatts", "clockRateMHz")}
+    result = _status_update(kube_cluster, hand_device, {"metrics": absent})
+    assert result.returncode == 0, result.stderr
+    out = kube_cluster.kubectl("get", "gpudevice", hand_device, "-o", "json").stdout
+    sample = GPUDevice.model_validate(json.loads(out)).latest_sample()
+    assert sample is not None and sample.memory_used_bytes == 1024
+    assert (sample.temperature_celsius, sample.power_watts, sample.clock_rate_mhz) == (
+        None, None, None)
+
+
 def test_refuses_negative_memory(kube_cluster: Any, tmp_path: Path) -> None:
     obj = _valid(f"bad-{uuid.uuid4().hex[:8]}")
     obj["spec"]["memoryTotalBytes"] = -1
@@ -449,6 +463,46 @@ def test_exporter_command_serves_and_stops_on_sigterm(kube_cluster: Any, tmp_pat
         output = proc.communicate(timeout=20)[0].decode()
     assert proc.returncode == 0, output
     assert "shutting down" in output
+    kube_cluster.kubectl("delete", "gpudevices", "-l", f"{LABEL_NODE}={node}", check=False)
+
+
+def test_exporter_command_reports_a_recorded_adreno_through_the_drm_backend(
+        kube_cluster: Any, suffix: str) -> None:
+    """A recorded kgsl tree (tests/fixtures/drm/adreno320-kgsl) becomes a GPUDevice whose
+    temperature, power and clock are absent on the API server, not 0."""
+    node = f"it-drm-{suffix}"
+    root = Path(__file__).resolve().parent.parent / "fixtures" / "drm" / "adreno320-kgsl"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exo.gpu.cli", "exporter", "--node", node, "--backend", "drm",
+         "--sysfs-root", str(root / "sys"), "--procfs-root", str(root / "proc"),
+         "--poll-interval", "0.5", "--kubeconfig", kube_cluster.kubeconfig,
+         "--metrics-host", "127.0.0.1", "--metrics-port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    name = f"{node}-qualcomm-0"
+    try:
+        def reported() -> dict[str, Any] | None:
+            device = _devices(kube_cluster, node).get(name)
+            return device if device and device.get("status", {}).get("metrics") else None
+
+        wait_for(lambda: reported() is not None, timeout=60, what="the Adreno's metrics")
+        device = reported()
+        assert device is not None
+        metrics = device["status"]["metrics"]
+        assert metrics["computeUtilizationPercent"] == pytest.approx(66.2)
+        assert not {"temperatureCelsius", "powerWatts", "clockRateMHz"} & set(metrics)
+        ready = {c["type"]: c for c in device["status"]["conditions"]}["Ready"]
+        assert ready["status"] == "True"
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        assert b'exo_gpu_exporter_backend_info{backend="drm",requested="drm"} 1.0' in body
+        assert b"DCGM_FI_DEV_GPU_UTIL{" in body and b"DCGM_FI_DEV_GPU_TEMP{" not in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=20)[0].decode()
+    assert proc.returncode == 0, output
     kube_cluster.kubectl("delete", "gpudevices", "-l", f"{LABEL_NODE}={node}", check=False)
 
 

@@ -72,7 +72,39 @@ app.kubernetes.io/component: {{ .component }}
 {{/* Scheme, host and port kube-scheduler uses to reach the extender. */}}
 {{- define "exo-gpu.extender.url" -}}
 {{- $scheme := ternary "https" "http" .Values.controller.extender.tls.enabled }}
-{{- printf "%s://%s.%s.svc:%d" $scheme (include "exo-gpu.extender.fullname" .) .Release.Namespace (int .Values.controller.extender.port) }}
+{{- printf "%s://%s:%d" $scheme (include "exo-gpu.extender.host" .) (int .Values.controller.extender.port) }}
+{{- end }}
+
+{{/* The extender Service's DNS name: the name its serving certificate is valid for. */}}
+{{- define "exo-gpu.extender.host" -}}
+{{- printf "%s.%s.svc" (include "exo-gpu.extender.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{/* Where the extender's certificates come from: certManager, helm or secrets ("auto"
+resolved: cert-manager when the cluster serves cert-manager.io/v1). */}}
+{{- define "exo-gpu.tls.source" -}}
+{{- $source := .Values.controller.extender.tls.source }}
+{{- if eq $source "auto" }}
+{{- ternary "certManager" "helm" (.Capabilities.APIVersions.Has "cert-manager.io/v1") }}
+{{- else }}
+{{- $source }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret with the extender's serving certificate, key and the client CA. */}}
+{{- define "exo-gpu.extender.tlsSecret" -}}
+{{- default (printf "%s-extender-tls" (include "exo-gpu.fullname" .)) .Values.controller.extender.tls.secretName }}
+{{- end }}
+
+{{/* The Secret with the second scheduler's client certificate, key and the extender's CA. */}}
+{{- define "exo-gpu.scheduler.tlsSecret" -}}
+{{- default (printf "%s-scheduler-tls" (include "exo-gpu.fullname" .)) .Values.controller.extender.tls.clientSecretName }}
+{{- end }}
+
+{{/* Subject common name of the second scheduler's client certificate: the only client the
+extender admits. */}}
+{{- define "exo-gpu.scheduler.clientName" -}}
+exo-gpu-scheduler
 {{- end }}
 
 {{/* Writable scratch space for containers with a read-only root filesystem. */}}
@@ -90,7 +122,20 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (gt (int .Values.controller.replicas) 1) (not .Values.controller.leaderElection) }}
 {{- fail "controller.leaderElection: must be true when controller.replicas > 1 (only one replica may act)" }}
 {{- end }}
-{{- if and .Values.controller.extender.tls.enabled (not .Values.controller.extender.tls.secretName) }}
-{{- fail "controller.extender.tls.secretName: required when controller.extender.tls.enabled (a Secret with tls.crt, tls.key and ca.crt)" }}
+{{- $tls := .Values.controller.extender.tls }}
+{{- if and $tls.enabled (eq $tls.source "secrets") (not $tls.secretName) }}
+{{- fail "controller.extender.tls.secretName: required with source secrets (the extender's Secret: tls.crt, tls.key and ca.crt)" }}
+{{- end }}
+{{- if and $tls.enabled (eq $tls.source "secrets") .Values.scheduler.enabled (not $tls.clientSecretName) }}
+{{- fail "controller.extender.tls.clientSecretName: required with source secrets and scheduler.enabled (the scheduler's Secret: tls.crt, tls.key and ca.crt)" }}
+{{- end }}
+{{- if and (or $tls.secretName $tls.clientSecretName) (ne $tls.source "secrets") }}
+{{- fail "controller.extender.tls.secretName, clientSecretName: only with source secrets (the chart makes its own Secrets otherwise)" }}
+{{- end }}
+{{- if and $tls.issuerRef.name (not (has $tls.source (list "auto" "certManager"))) }}
+{{- fail "controller.extender.tls.issuerRef.name: only with source certManager or auto" }}
+{{- end }}
+{{- if and .Values.networkPolicy.enabled (not .Values.scheduler.enabled) (not .Values.networkPolicy.extenderPeers) }}
+{{- fail "networkPolicy.extenderPeers: required when scheduler.enabled is false and networkPolicy.enabled (who may reach the extender: your kube-scheduler's pods, or ipBlocks of its nodes)" }}
 {{- end }}
 {{- end }}

@@ -7,32 +7,52 @@ list-and-watch of devices and pods feeds both, and reservations made at bind are
 planner at once. The extender answers (``/readyz`` 200, verbs served) only while the view is
 synced and this replica holds the controller's Lease, so a Service in front of several replicas
 routes kube-scheduler to the leader alone and two ledgers never hand out the same memory.
+
+The extender serves mutual TLS (``--tls-cert``, ``--tls-key``, ``--tls-client-ca``) unless
+``--plain-http`` says otherwise, and its metrics are served with the controller's on
+``--metrics-port``: the extender port is for kube-scheduler alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import click
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from exo.gpu.controller import cli as controller_cli
+from exo.gpu.extender.cli import tls_from_options, tls_params
+from exo.gpu.extender.metrics import ExtenderMetrics
+from exo.gpu.extender.server import ServingTLS
 from exo.gpu.k8s.view import ClusterView
 
 
-def extender_sidecar(host: str, port: int, tls_cert: str | None, tls_key: str | None,
-                     kubeconfig: str | None) -> controller_cli.Sidecar:
+class _Forward(Collector):
+    """Another registry's metrics, collected into the controller's."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+
+
+def extender_sidecar(host: str, port: int, tls: ServingTLS | None, kubeconfig: str | None,
+                     metrics: ExtenderMetrics, max_body_bytes: int) -> controller_cli.Sidecar:
     """Serve the extender from the controller's view (see ``controller.cli.Sidecar``)."""
 
     async def start(view: ClusterView, api_client: Any, ready: Callable[[], bool]
                     ) -> Callable[[], Awaitable[None]]:
         from exo.gpu.extender.bind import Binder
         from exo.gpu.extender.cli import bind_client
-        from exo.gpu.extender.server import ExtenderServer, ssl_context, start_site
+        from exo.gpu.extender.server import ExtenderServer, start_site
 
         binder = Binder(view, bind_client(kubeconfig))
-        server = ExtenderServer(view, binder, ready=ready)
-        runner = await start_site(server.app(), host, port, ssl_context(tls_cert, tls_key))
+        server = ExtenderServer(view, binder, metrics, ready=ready, max_body_bytes=max_body_bytes)
+        runner = await start_site(server.app(), host, port, tls)
 
         async def stop() -> None:
             await runner.cleanup()
@@ -44,11 +64,17 @@ def extender_sidecar(host: str, port: int, tls_cert: str | None, tls_key: str | 
 
 
 def _run(extender_port: int, extender_host: str, tls_cert: str | None, tls_key: str | None,
-         **options: Any) -> None:
+         tls_client_ca: str | None, tls_client_name: tuple[str, ...], plain_http: bool,
+         max_request_bytes: int, **options: Any) -> None:
     """Run the GPUWorkload controller and, on --extender-port, the scheduler extender."""
-    sidecar = extender_sidecar(extender_host, extender_port, tls_cert, tls_key,
-                               options.get("kubeconfig")) if extender_port else None
-    controller_cli.run(controller_cli.ControllerOptions(**options), sidecar)
+    sidecar, collectors = None, []
+    if extender_port:
+        metrics = ExtenderMetrics()
+        tls = tls_from_options(tls_cert, tls_key, tls_client_ca, tls_client_name, plain_http)
+        sidecar = extender_sidecar(extender_host, extender_port, tls,
+                                   options.get("kubeconfig"), metrics, max_request_bytes)
+        collectors.append(_Forward(metrics.registry))
+    controller_cli.run(controller_cli.ControllerOptions(**options), sidecar, collectors)
 
 
 controller_command = click.Command(
@@ -62,8 +88,6 @@ controller_command = click.Command(
                      help="Serve the scheduler extender here, from the controller's view "
                           "(0: do not serve it)."),
         click.Option(["--extender-host"], default="0.0.0.0", show_default=True),
-        click.Option(["--tls-cert"], default=None,
-                     help="Serve the extender over HTTPS with this certificate (PEM)."),
-        click.Option(["--tls-key"], default=None, help="Private key of --tls-cert (PEM)."),
+        *tls_params(),
     ],
 )

@@ -28,6 +28,7 @@ Rules the manager adds on top of its parts:
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -52,6 +53,7 @@ from exo.gpu.errors import (
     InvalidRequestError,
     UnknownDeviceError,
 )
+from exo.gpu.fit import FitRequest
 from exo.gpu.selector import (
     DeviceSelector,
     RankedDevice,
@@ -61,6 +63,7 @@ from exo.gpu.selector import (
     SelectionRequest,
     identity_differences,
 )
+from exo.gpu.state import DeviceState
 from exo.gpu.telemetry import DEFAULT_HISTORY_SIZE, RecordResult, TelemetryCollector
 from exo.gpu.telemetry_protocol import GPUDeviceInfo, GPUMetrics, Vendor
 
@@ -216,11 +219,12 @@ class GPUClusteringManager:
             self._require(device_id)
             self._selector.set_cordoned(device_id, _flag("cordoned", cordoned))
 
-    def set_ready(self, device_id: str, ready: bool) -> None:
-        """Record the device's Ready condition; a not-Ready device is not eligible."""
+    def set_ready(self, device_id: str, ready: bool, detail: str = "") -> None:
+        """Record the device's Ready condition; a not-Ready device is not eligible. ``detail``
+        (the condition's reason and message) is shown in the ``NotReady`` explanation."""
         with self._lock:
             self._require(device_id)
-            self._selector.set_ready(device_id, _flag("ready", ready))
+            self._selector.set_ready(device_id, _flag("ready", ready), str(detail))
 
     def set_labels(self, device_id: str, labels: Mapping[str, str]) -> None:
         """Labels matched by the ``labels`` filter of selection and distribution."""
@@ -249,6 +253,22 @@ class GPUClusteringManager:
                 _check_bytes(f"reservations[{device_id!r}]", value)
             for device_id in self._devices:
                 self._selector.set_reserved_bytes(device_id, reservations.get(device_id, 0))
+
+    def set_holds(self, device_id: str, reserved_bytes: int,
+                  held: Mapping[str, int] | None) -> None:
+        """Everything the ledger (``exo.gpu.state.Ledger``) holds on the device, and each
+        workload's share of it (which that workload's own requests do not count)."""
+        _check_bytes("reserved_bytes", reserved_bytes)
+        with self._lock:
+            self._require(device_id, "reserved_bytes")
+            self._selector.set_holds(device_id, reserved_bytes,
+                                     None if held is None else dict(held))
+
+    def device_state(self, device_id: str) -> DeviceState:
+        """The device's state as decisions read it (``exo.gpu.state.DeviceState``; read only)."""
+        with self._lock:
+            self._require(device_id)
+            return self._selector.device_state(device_id)
 
     def get_reservation(self, device_id: str) -> int:
         with self._lock:
@@ -326,9 +346,14 @@ class GPUClusteringManager:
         *,
         labels: Mapping[str, str] | None = None,
         predicate: Callable[[GPUDeviceInfo], bool] | None = None,
+        request: FitRequest | None = None,
     ) -> str | None:
-        """Id of the best eligible device (score, then id), or None when none qualifies."""
-        request = _request(min_memory_bytes, vendor, labels, predicate)
+        """Id of the best eligible device (score, then id), or None when none qualifies.
+
+        ``request`` (an ``exo.gpu.fit.FitRequest``) says everything at once, in place of the
+        other filters (it adds whole-device requests, planned devices, a label selector and the
+        requesting workload)."""
+        request = _request(min_memory_bytes, vendor, labels, predicate, request)
         with self._lock:
             return self._selector.select(request, self.now())
 
@@ -339,9 +364,10 @@ class GPUClusteringManager:
         *,
         labels: Mapping[str, str] | None = None,
         predicate: Callable[[GPUDeviceInfo], bool] | None = None,
+        request: FitRequest | None = None,
     ) -> list[RankedDevice]:
         """Every device with its score breakdown and eligibility: eligible first, best first."""
-        request = _request(min_memory_bytes, vendor, labels, predicate)
+        request = _request(min_memory_bytes, vendor, labels, predicate, request)
         with self._lock:
             return self._selector.rank(request, self.now())
 
@@ -353,9 +379,10 @@ class GPUClusteringManager:
         *,
         labels: Mapping[str, str] | None = None,
         predicate: Callable[[GPUDeviceInfo], bool] | None = None,
+        request: FitRequest | None = None,
     ) -> RankedDevice:
         """One device's score breakdown and eligibility for a request."""
-        request = _request(min_memory_bytes, vendor, labels, predicate)
+        request = _request(min_memory_bytes, vendor, labels, predicate, request)
         with self._lock:
             self._require(device_id)
             return self._selector.evaluate(device_id, request, self.now())
@@ -373,6 +400,7 @@ class GPUClusteringManager:
         vendor: Vendor | str | None = None,
         labels: Mapping[str, str] | None = None,
         predicate: Callable[[GPUDeviceInfo], bool] | None = None,
+        request: FitRequest | None = None,
     ) -> dict[str, list[T]]:
         """Split ``tasks`` over eligible devices: ``{device_id: [tasks]}``.
 
@@ -389,7 +417,7 @@ class GPUClusteringManager:
             strategy,
             capacities,
             max_items_per_device,
-            _request(min_memory_bytes, vendor, labels, predicate),
+            _request(min_memory_bytes, vendor, labels, predicate, request),
             explain=False,
         )
         return plan.assignments
@@ -405,6 +433,7 @@ class GPUClusteringManager:
         vendor: Vendor | str | None = None,
         labels: Mapping[str, str] | None = None,
         predicate: Callable[[GPUDeviceInfo], bool] | None = None,
+        request: FitRequest | None = None,
     ) -> DistributionPlan[T]:
         """``distribute_workload`` with the weights, scores and exclusions that explain it."""
         return self._plan(
@@ -412,7 +441,7 @@ class GPUClusteringManager:
             strategy,
             capacities,
             max_items_per_device,
-            _request(min_memory_bytes, vendor, labels, predicate),
+            _request(min_memory_bytes, vendor, labels, predicate, request),
             explain=True,
         )
 
@@ -531,12 +560,35 @@ def _request(
     vendor: Vendor | str | None,
     labels: Mapping[str, str] | None,
     predicate: Callable[[GPUDeviceInfo], bool] | None,
+    request: FitRequest | None = None,
 ) -> SelectionRequest:
+    if request is not None:
+        if not isinstance(request, FitRequest):
+            raise InvalidRequestError(
+                "request", f"must be an exo.gpu.fit.FitRequest, got {type(request).__name__}")
+        if min_memory_bytes is not None or vendor is not None or labels is not None \
+                or predicate is not None:
+            raise InvalidRequestError(
+                "request", "give either a request or min_memory_bytes/vendor/labels/predicate")
+        return request
+    if labels is None and predicate is None and isinstance(vendor, Vendor | str | None) and \
+            isinstance(min_memory_bytes, int | None):
+        return _simple_request(min_memory_bytes, vendor)
     return SelectionRequest(
         min_memory_bytes=0 if min_memory_bytes is None else min_memory_bytes,
         vendor=vendor,  # type: ignore[arg-type]  # SelectionRequest parses strings
         labels=labels,
         predicate=predicate,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _simple_request(min_memory_bytes: int | None, vendor: Vendor | str | None) -> FitRequest:
+    """The request of a call with nothing but a size and a vendor (the common seed call), built
+    once per distinct pair: requests are immutable."""
+    return SelectionRequest(
+        min_memory_bytes=0 if min_memory_bytes is None else min_memory_bytes,
+        vendor=vendor,  # type: ignore[arg-type]  # SelectionRequest parses strings
     )
 
 

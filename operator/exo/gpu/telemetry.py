@@ -13,7 +13,9 @@ adding and removing values millions of times never drifts. The maximum temperatu
 latest-sample time come from sorted lists updated by bisection.
 
 Only a device's *latest* sample feeds the aggregate; a late sample that lands in the middle of
-the history changes nothing there.
+the history changes nothing there. A latest sample without a temperature or a power reading (the
+driver exposes none) is left out of the maximum temperature and the power total, never counted
+as 0, and the result says how many devices were left out of each.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class TelemetryCollector:
         self._used_memory = 0
         self._reporting = 0
         self._power_micro = 0
+        self._power_unknown = 0
+        self._temperature_unknown = 0
         self._utilization_micro = 0
         self._temperatures: list[float] = []
         self._latest_times: list[float] = []
@@ -159,18 +163,30 @@ class TelemetryCollector:
         self._reporting += 1
         self._reporting_total_memory += memory_total_bytes
         self._used_memory += metrics.memory_used_bytes
-        self._power_micro += _micro(metrics.power_watts)
+        if metrics.power_watts is None:
+            self._power_unknown += 1
+        else:
+            self._power_micro += _micro(metrics.power_watts)
         self._utilization_micro += _micro(metrics.compute_utilization_percent)
-        insort(self._temperatures, metrics.temperature_celsius)
+        if metrics.temperature_celsius is None:
+            self._temperature_unknown += 1
+        else:
+            insort(self._temperatures, metrics.temperature_celsius)
         insort(self._latest_times, metrics.timestamp)
 
     def _retract(self, metrics: GPUMetrics, memory_total_bytes: int) -> None:
         self._reporting -= 1
         self._reporting_total_memory -= memory_total_bytes
         self._used_memory -= metrics.memory_used_bytes
-        self._power_micro -= _micro(metrics.power_watts)
+        if metrics.power_watts is None:
+            self._power_unknown -= 1
+        else:
+            self._power_micro -= _micro(metrics.power_watts)
         self._utilization_micro -= _micro(metrics.compute_utilization_percent)
-        _remove_sorted(self._temperatures, metrics.temperature_celsius)
+        if metrics.temperature_celsius is None:
+            self._temperature_unknown -= 1
+        else:
+            _remove_sorted(self._temperatures, metrics.temperature_celsius)
         _remove_sorted(self._latest_times, metrics.timestamp)
 
     # -- queries ----------------------------------------------------------------------------
@@ -195,7 +211,10 @@ class TelemetryCollector:
         (devices without a sample; ``total = used + free + unreported``),
         ``average_utilization_percent`` (mean over reporting devices, 0.0 without any),
         ``max_temperature_celsius`` and ``oldest_sample_timestamp`` (None without any),
-        ``total_power_watts``, ``devices_by_vendor`` (every vendor, zeros included) and
+        ``total_power_watts``, ``unknown_temperature_device_count`` and
+        ``unknown_power_device_count`` (reporting devices whose latest sample carries no
+        temperature / no power, left out of the maximum and the total: a total over fewer devices
+        than reported is a lower bound), ``devices_by_vendor`` (every vendor, zeros included) and
         ``oldest_sample_age_seconds``: how old the oldest latest-sample was at ``now`` (never
         negative; None without samples or without ``now``).
         """
@@ -214,6 +233,8 @@ class TelemetryCollector:
             ),
             "max_temperature_celsius": self._temperatures[-1] if self._temperatures else None,
             "total_power_watts": self._power_micro / _MICRO,
+            "unknown_temperature_device_count": self._temperature_unknown,
+            "unknown_power_device_count": self._power_unknown,
             "devices_by_vendor": {v.value: n for v, n in self._vendor_counts.items()},
             "oldest_sample_timestamp": oldest,
             "oldest_sample_age_seconds": age,

@@ -86,7 +86,13 @@ class GPUDeviceInfo(BaseModel):
 
 
 class GPUMetrics(BaseModel):
-    """One telemetry sample of one device at ``timestamp`` (seconds since the Unix epoch)."""
+    """One telemetry sample of one device at ``timestamp`` (seconds since the Unix epoch).
+
+    Memory and utilization are always measured. ``temperature_celsius``, ``power_watts`` and
+    ``clock_rate_mhz`` are ``None`` when the device's driver does not expose them (an Adreno
+    reports no power, an integrated Intel GPU no temperature of its own): absent, never a zero
+    that would read as a cold, idle device. Every consumer says what it does with an unknown.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -95,11 +101,11 @@ class GPUMetrics(BaseModel):
     memory_used_bytes: ByteCount
     memory_total_bytes: PositiveByteCount
     compute_utilization_percent: Annotated[float, Field(ge=0, le=100)]
-    power_watts: Annotated[float, Field(ge=0)]
-    temperature_celsius: Annotated[
-        float, Field(ge=MIN_TEMPERATURE_CELSIUS, le=MAX_TEMPERATURE_CELSIUS)
-    ]
-    clock_rate_mhz: Annotated[float, Field(ge=0)]
+    power_watts: Annotated[float, Field(ge=0)] | None = None
+    temperature_celsius: (
+        Annotated[float, Field(ge=MIN_TEMPERATURE_CELSIUS, le=MAX_TEMPERATURE_CELSIUS)] | None
+    ) = None
+    clock_rate_mhz: Annotated[float, Field(ge=0)] | None = None
 
     @model_validator(mode="after")
     def _used_within_total(self) -> GPUMetrics:

@@ -26,10 +26,11 @@ from typing import Any
 
 import click
 
+from ..fit import FitRequest
 from ..k8s.models import GROUP, VERSION
 from ..k8s.view import ClusterView
+from ..policy import DEFAULT_POLICY, SelectionPolicy
 from ..quantity import format_bytes
-from ..selector import DEFAULT_POLICY, SelectionPolicy
 from .planning import Plan
 
 
@@ -42,29 +43,27 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> st
 
 
 def device_rows(view: ClusterView, now: float) -> list[list[object]]:
-    """One row per device: name, node, vendor, model, memory, util, temp, score, state."""
+    """One row per device: name, node, vendor, model, memory, util, temp, score, state (Ready,
+    or why the core would not place anything there now)."""
     rows: list[list[object]] = []
+    anything = FitRequest()
     with view.lock:
         for name in sorted(view.devices):
             device = view.devices[name]
-            slot = view.slots_by_node.get(device.spec.node, {}).get(name)
+            state = view.state.device(name)
             metrics = device.status.metrics if device.status else None
             used = metrics.memory_used_bytes if metrics else None
             total = device.spec.memory_total_bytes
-            state = "Ready"
-            if slot is not None and slot.blocked:
-                state = slot.blocked.split(":", 1)[0]
-            elif slot is not None and slot.sample_time is not None and \
-                    slot.sample_time < view.stale_before(now):
-                state = "Stale"
+            verdict = view.state.fit(name, anything, now) if state is not None else None
             rows.append([
                 name, device.spec.node, device.spec.vendor.value, device.spec.model,
                 f"{(used or 0) / 2**30:.1f}/{total / 2**30:.1f} GiB" if used is not None
                 else f"-/{total / 2**30:.1f} GiB",
                 f"{metrics.compute_utilization_percent:.0f}%" if metrics else "-",
-                f"{metrics.temperature_celsius:.0f}C" if metrics else "-",
-                f"{slot.score:.2f}" if slot is not None and metrics else "-",
-                state,
+                f"{metrics.temperature_celsius:.0f}C"
+                if metrics and metrics.temperature_celsius is not None else "-",
+                f"{state.score:.2f}" if state is not None and metrics else "-",
+                "Ready" if verdict is None or verdict.reason is None else verdict.reason.value,
             ])
     return rows
 
@@ -223,8 +222,9 @@ def top_command(kubeconfig: str | None, output: str, sort: str) -> None:
 @click.option("--health-interval", default=10.0, show_default=True, type=float,
               help="Seconds between device heartbeat checks.")
 @click.option("--reporting-interval", default=DEFAULT_POLICY.reporting_interval_seconds,
-              show_default=True, type=float,
-              help="Exporter heartbeat; a device is stale after 3 of them without a write.")
+              show_default=True, type=click.FloatRange(5, 3600),
+              help="The exporters' --report-interval (their heartbeat): a device is stale after "
+                   "3 of them without a write.")
 @click.option("--history-size", default=2, show_default=True, type=click.IntRange(min=1),
               help="Metrics samples kept per device in the view (2-3 KiB each); the "
                    "decisions use the latest.")
@@ -251,6 +251,10 @@ class ControllerOptions:
     history_size: int
     log_level: str
 
+    def policy(self) -> SelectionPolicy:
+        """The selection policy: staleness derives from ``--reporting-interval``."""
+        return SelectionPolicy(reporting_interval_seconds=self.reporting_interval)
+
 
 #: Something else served from the controller's process and view (the scheduler extender):
 #: called with the view, the API client and ``ready()`` (view synced and this replica the
@@ -259,12 +263,17 @@ Sidecar = Callable[[ClusterView, Any, Callable[[], bool]],
                    Awaitable[Callable[[], Awaitable[None]]]]
 
 
-def run(options: ControllerOptions, sidecar: Sidecar | None = None) -> None:
-    """Run the controller until SIGINT/SIGTERM; with ``sidecar``, serve it from the same view."""
+def run(options: ControllerOptions, sidecar: Sidecar | None = None,
+        collectors: Sequence[Any] = ()) -> None:
+    """Run the controller until SIGINT/SIGTERM; with ``sidecar``, serve it from the same view.
+
+    ``collectors`` (Prometheus collectors, e.g. the sidecar's metrics) are served with the
+    controller's on ``--metrics-port``.
+    """
     from exo.gpu.k8s.informer import Informer, freeze_long_lived
 
     from .api import LeaseElector
-    from .handlers import Controller, ControllerConfig
+    from .controller import Controller, ControllerConfig
     from .metrics import build_registry, serve
     from .runner import LeaderSettings, make_view, run_operator
 
@@ -275,8 +284,7 @@ def run(options: ControllerOptions, sidecar: Sidecar | None = None) -> None:
     # kopf logs every handler run at INFO; only problems are worth a line per object.
     logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.root.level))
     api_client = _client(options.kubeconfig)
-    view = make_view(SelectionPolicy(reporting_interval_seconds=options.reporting_interval),
-                     options.history_size)
+    view = make_view(options.policy(), options.history_size)
     current: list[Controller] = []
     electors: list[LeaseElector] = []
 
@@ -288,7 +296,10 @@ def run(options: ControllerOptions, sidecar: Sidecar | None = None) -> None:
         return counts
 
     if options.metrics_port:
-        serve(build_registry(view, phases), options.metrics_port)
+        registry = build_registry(view, phases)
+        for collector in collectors:
+            registry.register(collector)
+        serve(registry, options.metrics_port)
     stop = threading.Event()
 
     async def main() -> None:

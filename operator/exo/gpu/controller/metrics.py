@@ -2,8 +2,8 @@
 
 Values are computed at scrape time from the shared ``ClusterView`` (a custom collector), so they
 cost nothing between scrapes and can never disagree with what placement decisions read. Totals
-come from the core aggregation (``get_aggregated_metrics``); per-vendor memory from the view's
-per-device slots.
+come from the core aggregation (``get_aggregated_metrics``); per-vendor memory and
+eligibility from the core's device state.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ class ClusterCollector(Collector):
         with self.view.lock:
             aggregate: dict[str, Any] = self.view.manager.get_aggregated_metrics()
             per_vendor: dict[str, dict[str, float]] = {}
-            for slots in self.view.slots_by_node.values():
-                for slot in slots.values():
-                    entry = per_vendor.setdefault(
-                        slot.vendor, {"devices": 0, "total": 0, "free": 0, "eligible": 0})
-                    entry["devices"] += 1
-                    entry["total"] += slot.total
-                    entry["free"] += slot.free
-                    entry["eligible"] += 0 if slot.blocked else 1
+            for device in self.view.state.devices():
+                entry = per_vendor.setdefault(
+                    device.vendor, {"devices": 0, "total": 0, "free": 0, "eligible": 0})
+                entry["devices"] += 1
+                entry["total"] += device.total
+                entry["free"] += device.free
+                # the core's request-independent verdict (staleness aside)
+                entry["eligible"] += 1 if device.available else 0
         yield _gauge("devices", "GPUDevices in the cluster view.", aggregate["device_count"])
         yield _gauge("reporting_devices", "Devices with at least one metrics sample.",
                      aggregate["reporting_device_count"])

@@ -15,6 +15,13 @@ Replanning, in order of preference:
    with the same strategy, capacities and cap.
 3. ``full``: a new spec (generation), no previous plan, or the partial replan found no room: all
    tasks are spread again from scratch.
+
+Which devices can take the workload's tasks is the core's decision (``exo.gpu.fit``), asked with
+the workload's :func:`fit_request`: the same request its pods make of the extender (a memory size,
+or the whole device without ``minMemoryBytes``), made on behalf of the workload, so that what the
+workload itself holds does not count against it and what other workloads planned or pods hold
+does. A plan decides placements only; the controller records what they hold (:func:`plan_holds`)
+in the ledger under the same lock, so the next plan sees it.
 """
 
 from __future__ import annotations
@@ -32,25 +39,17 @@ from exo.gpu.errors import (
     InsufficientCapacityError,
     UnknownDeviceError,
 )
-from exo.gpu.selector import RejectionReason
+from exo.gpu.fit import FitReason, FitRequest, free_for
 from exo.gpu.telemetry_protocol import GPUDeviceInfo
 
-from ..k8s.models import LABEL_NODE, LABEL_VENDOR
-from ..k8s.view import ClusterView
+from ..k8s.view import ClusterView, device_labels, workload_key
 from ..k8s.workload import GPUWorkload, GPUWorkloadSpec, Placement
 from ..quantity import format_bytes
+from .reasons import PlanMode, PodPhase, Reason, WorkloadPhase
 
-PLACED = "Placed"
-UNSCHEDULABLE = "Unschedulable"
-INVALID = "Invalid"
-
-#: Device-level rejections that make a device unfit to keep the tasks it holds.
-FAILED_DEVICE = frozenset({
-    RejectionReason.NOT_READY,
-    RejectionReason.NO_METRICS,
-    RejectionReason.STALE,
-    RejectionReason.TOO_HOT,
-})
+PLACED = WorkloadPhase.PLACED
+UNSCHEDULABLE = WorkloadPhase.UNSCHEDULABLE
+INVALID = WorkloadPhase.INVALID
 
 
 @dataclass(frozen=True)
@@ -84,15 +83,17 @@ class PlannedPlacement:
 class Plan:
     """The answer for one workload: placements, or the reason there are none."""
 
-    phase: str  # Placed | Unschedulable | Invalid
-    reason: str  # CamelCase, as in a condition
+    phase: WorkloadPhase  # Placed | Unschedulable | Invalid
+    reason: Reason
     message: str
     placements: tuple[PlannedPlacement, ...] = ()
-    mode: str = "full"  # kept | partial | full | none
+    mode: PlanMode = PlanMode.FULL
     #: Devices that lost their tasks in this plan, with why (partial or full replans).
     failed_devices: Mapping[str, str] = field(default_factory=dict)
     #: Devices named in capacities that took no part, with why.
     excluded: Mapping[str, str] = field(default_factory=dict)
+    #: The reason of each entry of ``failed_devices`` and ``excluded``.
+    reasons: Mapping[str, FitReason | Reason] = field(default_factory=dict)
 
     @property
     def placed(self) -> bool:
@@ -121,7 +122,7 @@ def parse_workload(obj: Mapping[str, Any]) -> tuple[GPUWorkload | None, Plan | N
         where = ".".join(str(p) for p in first.get("loc", ()))
         more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
         message = f"{_camel_path(where)}: {first.get('msg', 'invalid')}{more}"
-        return None, Plan(INVALID, "InvalidSpec", message, mode="none")
+        return None, Plan(INVALID, Reason.INVALID_SPEC, message, mode=PlanMode.NONE)
 
 
 def _camel_path(path: str) -> str:
@@ -137,29 +138,52 @@ def _camel_path(path: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def device_labels(view: ClusterView, name: str) -> dict[str, str]:
+def device_labels_of(view: ClusterView, name: str) -> dict[str, str]:
     """A device's labels, with node and vendor implied from its spec when not labelled."""
     device = view.devices.get(name)
-    if device is None:
-        return {}
-    labels = {LABEL_NODE: device.spec.node, LABEL_VENDOR: device.spec.vendor.value}
-    labels.update(device.metadata.labels)
-    return labels
+    return {} if device is None else device_labels(device)
 
 
-def _selector_predicate(view: ClusterView, spec: GPUWorkloadSpec,
-                        exclude: frozenset[str] = frozenset()
-                        ) -> Callable[[GPUDeviceInfo], bool] | None:
-    selector = spec.device_selector
-    if selector is None and not exclude:
+def fit_request(workload: GPUWorkload,
+                exclude: frozenset[str] = frozenset()) -> FitRequest:
+    """What ``workload`` asks of each device, on behalf of the workload (what it holds is its
+    own), with its ``deviceSelector``: what its pods will ask of the extender, so that the two
+    agree. With a template that is ``minMemoryBytes`` of free memory, or without it the whole
+    device. Without a template no pod will come: ``minMemoryBytes`` is a filter on free memory
+    and its absence asks for nothing. ``exclude``: devices that take no part whatever they are
+    (a partial replan's)."""
+    spec = workload.spec
+    minimum = spec.min_memory()
+    if spec.template is None:
+        return FitRequest(min_memory_bytes=minimum or 0, selector=spec.device_selector,
+                          predicate=_excluding(exclude),
+                          workload=workload_key(workload.namespace, workload.name))
+    return FitRequest(min_memory_bytes=minimum or 0, whole_device=minimum is None,
+                      selector=spec.device_selector, predicate=_excluding(exclude),
+                      workload=workload_key(workload.namespace, workload.name))
+
+
+def _excluding(exclude: frozenset[str]) -> Callable[[GPUDeviceInfo], bool] | None:
+    if not exclude:
         return None
 
     def predicate(info: GPUDeviceInfo) -> bool:
-        if info.device_id in exclude:
-            return False
-        return selector is None or selector.matches(device_labels(view, info.device_id))
+        return info.device_id not in exclude
 
     return predicate
+
+
+def plan_holds(workload: GPUWorkload, view: ClusterView,
+               placements: Iterable[PlannedPlacement]) -> dict[str, int]:
+    """What ``placements`` of ``workload`` hold, device -> bytes: what its pod there will ask
+    (``minMemoryBytes``, or the whole device)."""
+    request = fit_request(workload)
+    holds = {}
+    for placement in placements:
+        device = view.state.device(placement.device)
+        if device is not None:
+            holds[placement.device] = request.reserves(device.total)
+    return holds
 
 
 def task_text(tasks: Sequence[str], counted: bool) -> str:
@@ -200,14 +224,14 @@ def _unit(value: float) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def device_failure(view: ClusterView, device: str) -> str | None:
-    """Why ``device`` can no longer hold tasks (None when it still can)."""
-    if device not in view.manager:
-        return "DeviceGone: the GPUDevice no longer exists"
-    ranked = view.manager.explain_device(device)
-    for rejection in ranked.rejections:
-        if rejection.code in FAILED_DEVICE:
-            return f"{rejection.code.value}: {rejection.message}"
+def device_failure(view: ClusterView, device: str) -> tuple[FitReason | Reason, str] | None:
+    """Why ``device`` can no longer hold tasks, as (reason, "Reason: message"); None when it
+    still can (the core's ``FitReason.device_failed``; a cordon does not evict)."""
+    if device not in view.state:
+        return Reason.DEVICE_GONE, "DeviceGone: the GPUDevice no longer exists"
+    for rejection in view.state.explain(device, FitRequest(), view.manager.now()):
+        if rejection.reason is not None and rejection.reason.device_failed:
+            return rejection.reason, f"{rejection.reason}: {rejection.message}"
     return None
 
 
@@ -224,16 +248,19 @@ def plan(workload: GPUWorkload, view: ClusterView,
         if previous:
             held = {p.device: parse_task_text(p.tasks, counted) for p in previous}
             if sorted(t for ts in held.values() for t in ts) == sorted(tasks):
-                failed = {d: why for d in held if (why := device_failure(view, d)) is not None}
-                if not failed:
+                failures = {d: why for d in held if (why := device_failure(view, d)) is not None}
+                if not failures:
                     kept = tuple(_planned_from_status(p, view, counted) for p in previous)
-                    return Plan(PLACED, "Placed", _placed_message(kept, len(tasks)), kept, "kept")
-                partial = _partial(workload, view, previous, held, failed, counted)
+                    return Plan(PLACED, Reason.PLACED, _placed_message(kept, len(tasks)), kept,
+                                PlanMode.KEPT)
+                failed = {d: text for d, (_, text) in failures.items()}
+                reasons = {d: reason for d, (reason, _) in failures.items()}
+                partial = _partial(workload, view, previous, held, failed, reasons, counted)
                 if partial is not None:
                     return partial
                 full = _full(workload, view, tasks, counted)
-                return Plan(full.phase, full.reason, full.message, full.placements, "full",
-                            failed, full.excluded)
+                return Plan(full.phase, full.reason, full.message, full.placements,
+                            PlanMode.FULL, failed, full.excluded, {**full.reasons, **reasons})
         return _full(workload, view, tasks, counted)
 
 
@@ -249,7 +276,7 @@ def _planned_from_status(p: Placement, view: ClusterView, counted: bool) -> Plan
 
 def _partial(workload: GPUWorkload, view: ClusterView, previous: Sequence[Placement],
              held: Mapping[str, list[str]], failed: Mapping[str, str],
-             counted: bool) -> Plan | None:
+             reasons: Mapping[str, FitReason | Reason], counted: bool) -> Plan | None:
     """Move only the tasks of failed devices: first to devices this workload does not use yet
     (no healthy pod changes), else merged into healthy placements that are under the cap (only
     those placements change). None when neither fits."""
@@ -274,16 +301,14 @@ def _partial(workload: GPUWorkload, view: ClusterView, previous: Sequence[Placem
         capacities = spec.capacities
         if capacities is not None:
             capacities = {d: w for d, w in capacities.items()
-                          if d in view.manager and d not in exclude and w > 0}
+                          if d in view.state and d not in exclude and w > 0}
             if not capacities:
                 continue
         if isinstance(caps, dict):
-            caps = {d: c for d, c in caps.items() if d in view.manager}
+            caps = {d: c for d, c in caps.items() if d in view.state}
         try:
-            result = view.manager.plan_workload(
-                orphans, spec.strategy, capacities, caps,
-                min_memory_bytes=spec.min_memory(),
-                predicate=_selector_predicate(view, spec, exclude=exclude))
+            result = view.manager.plan_workload(orphans, spec.strategy, capacities, caps,
+                                                request=fit_request(workload, exclude))
         except GPUClusteringError:
             continue
         moved = {p.device: p for p in _placements(view, result.assignments, result.scores,
@@ -303,49 +328,51 @@ def _partial(workload: GPUWorkload, view: ClusterView, previous: Sequence[Placem
         placements.extend(moved.values())
         targets = sorted(set(result.assignments) & {d for d, ts in result.assignments.items()
                                                     if ts})
-        moved_list = ", ".join(f"{d} ({why.split(':')[0]})" for d, why in sorted(failed.items()))
+        moved_list = ", ".join(f"{d} ({reasons[d]})" for d in sorted(failed))
         message = (f"{len(orphans)} task(s) of {moved_list} moved to {', '.join(targets)}; "
                    "the other placements were kept")
-        return Plan(PLACED, "Replanned", message, tuple(placements), "partial", dict(failed))
+        return Plan(PLACED, Reason.REPLANNED, message, tuple(placements), PlanMode.PARTIAL,
+                    dict(failed), reasons=dict(reasons))
     return None
 
 
 def _full(workload: GPUWorkload, view: ClusterView, tasks: list[str], counted: bool) -> Plan:
     spec = workload.spec
     manager = view.manager
-    predicate = _selector_predicate(view, spec)
-    min_memory = spec.min_memory()
     if spec.capacities is not None:
-        unknown = sorted(d for d in spec.capacities if d not in manager)
+        unknown = sorted(d for d in spec.capacities if d not in view.state)
         if unknown:
             shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more"
                                               if len(unknown) > 5 else "")
-            return Plan(UNSCHEDULABLE, "UnknownDevice",
+            return Plan(UNSCHEDULABLE, Reason.UNKNOWN_DEVICE,
                         f"spec.capacities names {len(unknown)} device(s) that do not exist: "
-                        f"{shown}", mode="none")
+                        f"{shown}", mode=PlanMode.NONE)
     try:
         result = manager.plan_workload(
             tasks, spec.strategy, spec.capacities, spec.max_tasks_per_device,
-            min_memory_bytes=min_memory, predicate=predicate)
+            request=fit_request(workload))
     except InsufficientCapacityError as error:
-        return Plan(UNSCHEDULABLE, "CapsTooLow",
+        return Plan(UNSCHEDULABLE, Reason.CAPS_TOO_LOW,
                     f"spec.maxTasksPerDevice={spec.max_tasks_per_device}: {error.reason}",
-                    mode="none")
+                    mode=PlanMode.NONE)
     except UnknownDeviceError as error:
-        return Plan(UNSCHEDULABLE, "UnknownDevice", str(error), mode="none")
+        return Plan(UNSCHEDULABLE, Reason.UNKNOWN_DEVICE, str(error), mode=PlanMode.NONE)
     except DistributionError:
         return _why_no_device(workload, view, len(tasks))
     except GPUClusteringError as error:
-        return Plan(INVALID, "InvalidSpec", str(error), mode="none")
+        return Plan(INVALID, Reason.INVALID_SPEC, str(error), mode=PlanMode.NONE)
     placements = _placements(view, result.assignments, result.scores, result.weights, spec,
                              counted)
-    excluded = {d: "; ".join(f"{r.code.value}: {r.message}" for r in rejections)
+    excluded = {d: "; ".join(f"{r.reason}: {r.message}" for r in rejections)
                 for d, rejections in result.excluded.items()}
+    reasons: dict[str, FitReason | Reason] = {
+        d: rejections[0].reason for d, rejections in result.excluded.items()
+        if rejections and rejections[0].reason is not None}
     message = _placed_message(placements, len(tasks))
     if excluded:
         message += f"; {len(excluded)} device(s) in capacities not eligible: " + ", ".join(
-            f"{d} ({why.split(':')[0]})" for d, why in sorted(excluded.items())[:5])
-    return Plan(PLACED, "Placed", message, placements, "full", {}, excluded)
+            f"{d} ({reasons.get(d, '?')})" for d in sorted(excluded)[:5])
+    return Plan(PLACED, Reason.PLACED, message, placements, PlanMode.FULL, {}, excluded, reasons)
 
 
 def _placements(view: ClusterView, assignments: Mapping[str, list[str]],
@@ -376,45 +403,55 @@ def _placed_message(placements: Sequence[PlannedPlacement], task_count: int) -> 
 def _why_no_device(workload: GPUWorkload, view: ClusterView, task_count: int) -> Plan:
     """An Unschedulable plan whose reason says what is missing."""
     spec = workload.spec
-    manager = view.manager
-    names = [i.device_id for i in manager.list_devices()]
+    state = view.state
+    names = sorted(d.device_id for d in state.devices())
     if not names:
-        return Plan(UNSCHEDULABLE, "NoDevices",
-                    f"{task_count} task(s) but the cluster has no GPUDevice", mode="none")
+        return Plan(UNSCHEDULABLE, Reason.NO_DEVICES,
+                    f"{task_count} task(s) but the cluster has no GPUDevice", mode=PlanMode.NONE)
     pool = names
     if spec.capacities is not None:
         pool = [d for d in names if d in spec.capacities and spec.capacities[d] > 0]
     if spec.device_selector is not None:
         selector = spec.device_selector
-        pool = [d for d in pool if selector.matches(device_labels(view, d))]
+        pool = [d for d in pool if selector.matches(device_labels_of(view, d))]
         if not pool:
-            return Plan(UNSCHEDULABLE, "NoDeviceMatchesSelector",
+            return Plan(UNSCHEDULABLE, Reason.NO_DEVICE_MATCHES_SELECTOR,
                         f"spec.deviceSelector {selector.describe()} matches none of the "
-                        f"{len(names)} GPUDevice(s)", mode="none")
-    min_memory = spec.min_memory()
-    reasons: dict[str, int] = {}
+                        f"{len(names)} GPUDevice(s)", mode=PlanMode.NONE)
+    request = fit_request(workload)
+    now = view.manager.now()
+    reasons: dict[FitReason, int] = {}
     best_free: tuple[int, str] | None = None
-    for device in pool:
-        ranked = manager.explain_device(device, min_memory_bytes=min_memory)
-        if ranked.breakdown is not None and (
-                best_free is None or ranked.breakdown.free_memory_bytes > best_free[0]):
-            best_free = (ranked.breakdown.free_memory_bytes, device)
-        for rejection in ranked.rejections:
-            if rejection.code is not RejectionReason.SELECTOR_MISMATCH:
-                reasons[rejection.code.value] = reasons.get(rejection.code.value, 0) + 1
+    for name in pool:
+        device = state.device(name)
+        assert device is not None
+        if device.metrics is not None:
+            free = free_for(device, request)
+            if best_free is None or free > best_free[0]:
+                best_free = (free, name)
+        for rejection in state.explain(name, request, now):
+            if rejection.reason is not None and \
+                    rejection.reason is not FitReason.SELECTOR_MISMATCH:
+                reasons[rejection.reason] = reasons.get(rejection.reason, 0) + 1
                 break
     summary = ", ".join(f"{n} {code}" for code, n in sorted(reasons.items()))
-    if min_memory and reasons and set(reasons) == {RejectionReason.INSUFFICIENT_MEMORY.value}:
+    if reasons and all(code.memory for code in reasons):
+        if request.whole_device:
+            return Plan(UNSCHEDULABLE, Reason.INSUFFICIENT_MEMORY,
+                        "without spec.minMemoryBytes each task's device is taken whole, and "
+                        f"every eligible device is partly held by other pods or plans ({summary})",
+                        mode=PlanMode.NONE)
         largest = (f" (the most free is {format_bytes(best_free[0])} on {best_free[1]})"
                    if best_free else "")
-        return Plan(UNSCHEDULABLE, "InsufficientMemory",
-                    f"spec.minMemoryBytes {spec.min_memory_bytes} ({format_bytes(min_memory)}) "
-                    f"is more than any eligible device has free{largest}", mode="none")
+        return Plan(UNSCHEDULABLE, Reason.INSUFFICIENT_MEMORY,
+                    f"spec.minMemoryBytes {spec.min_memory_bytes} "
+                    f"({format_bytes(request.min_memory_bytes)}) is more than any eligible "
+                    f"device has free{largest}", mode=PlanMode.NONE)
     scope = "selected" if spec.device_selector is not None else (
         "named in capacities" if spec.capacities is not None else "registered")
-    return Plan(UNSCHEDULABLE, "NoEligibleDevice",
+    return Plan(UNSCHEDULABLE, Reason.NO_ELIGIBLE_DEVICE,
                 f"{task_count} task(s) but none of the {len(pool)} device(s) {scope} is "
-                f"eligible ({summary or 'no reason reported'})", mode="none")
+                f"eligible ({summary or 'no reason reported'})", mode=PlanMode.NONE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,7 +459,7 @@ def _why_no_device(workload: GPUWorkload, view: ClusterView, task_count: int) ->
 # --------------------------------------------------------------------------------------------
 
 
-def rollup(pod_phases: Iterable[str | None]) -> tuple[str, str]:
+def rollup(pod_phases: Iterable[str | None]) -> tuple[WorkloadPhase, str]:
     """The workload phase from its pods' phases (None for a pod not created yet), and why.
 
     Any Failed -> Failed; all Succeeded -> Succeeded; all Running or Succeeded -> Running;
@@ -436,10 +473,10 @@ def rollup(pod_phases: Iterable[str | None]) -> tuple[str, str]:
     detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     if not phases:
         return PLACED, "no pods"
-    if counts.get("Failed"):
-        return "Failed", f"pods: {detail}"
-    if counts.get("Succeeded", 0) == len(phases):
-        return "Succeeded", f"pods: {detail}"
-    if counts.get("Succeeded", 0) + counts.get("Running", 0) == len(phases):
-        return "Running", f"pods: {detail}"
+    if counts.get(PodPhase.FAILED):
+        return WorkloadPhase.FAILED, f"pods: {detail}"
+    if counts.get(PodPhase.SUCCEEDED, 0) == len(phases):
+        return WorkloadPhase.SUCCEEDED, f"pods: {detail}"
+    if counts.get(PodPhase.SUCCEEDED, 0) + counts.get(PodPhase.RUNNING, 0) == len(phases):
+        return WorkloadPhase.RUNNING, f"pods: {detail}"
     return PLACED, f"pods: {detail}"

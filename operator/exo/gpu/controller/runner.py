@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..k8s.view import ClusterView
-from ..selector import DEFAULT_POLICY, SelectionPolicy
+from ..policy import DEFAULT_POLICY, SelectionPolicy
 from .api import ControllerAPI, LeaseElector
-from .handlers import LABEL_WORKLOAD, Controller, ControllerConfig, build_registry
+from .controller import Controller, ControllerConfig
+from .handlers import build_registry
+from .pods import LABEL_WORKLOAD
 
 log = logging.getLogger(__name__)
 

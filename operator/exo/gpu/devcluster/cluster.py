@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from .binaries import Binaries, Progress, _stderr_progress, ensure_binaries
-from .pki import Pki, make_pki
+from .pki import ExtenderPki, Pki, make_extender_pki, make_pki
 
 STATE_FILE = "cluster.json"
 # How long each component may take to report healthy. kube-apiserver on a loaded 2-core machine
@@ -72,16 +72,29 @@ def wait_for(condition: Callable[[], bool], *, timeout: float, what: str,
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
 
 
-def extender_entry(url: str) -> dict[str, Any]:
+def extender_entry(url: str, tls: Mapping[str, str] | None) -> dict[str, Any]:
     """The ``extenders:`` entry of manifests/scheduler-config.yaml, pointed at ``url``.
 
-    Tests and the demo configure kube-scheduler exactly as users do (a test compares the two).
+    ``tls`` is the entry's ``tlsConfig`` (:func:`scheduler_tls_config`: the CA that signed the
+    extender's certificate, kube-scheduler's client certificate and key); None only for an
+    extender started with ``--plain-http``. Tests and the demo configure kube-scheduler exactly
+    as users do (a test compares the two).
     """
-    return {"urlPrefix": url, "filterVerb": "filter", "prioritizeVerb": "prioritize",
-            "preemptVerb": "preempt", "bindVerb": "bind", "weight": 1,
-            "nodeCacheCapable": True,
-            "managedResources": [{"name": "gpu.exo.dev/gpu", "ignoredByScheduler": True}],
-            "httpTimeout": "5s", "ignorable": False}
+    entry: dict[str, Any] = {
+        "urlPrefix": url, "filterVerb": "filter", "prioritizeVerb": "prioritize",
+        "preemptVerb": "preempt", "bindVerb": "bind", "weight": 1, "nodeCacheCapable": True,
+        "managedResources": [{"name": "gpu.exo.dev/gpu", "ignoredByScheduler": True}],
+        "httpTimeout": "5s", "ignorable": False}
+    if tls is not None:
+        entry["enableHTTPS"] = True
+        entry["tlsConfig"] = dict(tls)
+    return entry
+
+
+def scheduler_tls_config(pki: ExtenderPki) -> dict[str, str]:
+    """kube-scheduler's ``tlsConfig`` for an extender served with ``pki``'s certificates."""
+    return {"caFile": str(pki.ca_cert), "certFile": str(pki.client_cert),
+            "keyFile": str(pki.client_key)}
 
 
 @dataclass
@@ -192,6 +205,14 @@ class LocalCluster:
         return subprocess.run([str(self.binaries.kubectl), "--kubeconfig", self.kubeconfig,
                                *args], check=check, capture_output=True, text=True,
                               input=input, timeout=timeout)
+
+    def extender_pki(self) -> ExtenderPki:
+        """The extender's CA and certificates for this cluster (made on first use): serve the
+        extender with ``server_*`` and ``ca_cert``, configure kube-scheduler with
+        :func:`scheduler_tls_config`."""
+        folder = self.workdir / "pki" / "extender"
+        pki = ExtenderPki.in_folder(folder)
+        return pki if pki.client_key.exists() else make_extender_pki(folder)
 
     def restart_scheduler(self, extenders: Sequence[Mapping[str, Any]] = ()) -> None:
         """Restart kube-scheduler with another ``extenders`` list."""

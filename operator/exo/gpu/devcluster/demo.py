@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from .cluster import LocalCluster, extender_entry, free_port, wait_for
+from .cluster import LocalCluster, extender_entry, free_port, scheduler_tls_config, wait_for
 from .nodes import create_gpu_node
 
 Say = Callable[[str], None]
@@ -46,6 +46,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in cells]
     return "\n".join(lines)
+
+
+def _celsius(value: float | None) -> str:
+    """A temperature for the table; ``-`` where the device's driver exposes none."""
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _gib(value: float) -> str:
@@ -147,19 +152,24 @@ class Demo:
                         "--kubeconfig", kubeconfig, "--metrics-host", "127.0.0.1",
                         "--metrics-port", str(free_port()))
         port = free_port() if self.cluster is not None else 0
+        # The extender speaks mutual TLS with kube-scheduler, as the chart sets it up.
+        pki = self.cluster.extender_pki() if self.cluster is not None else None
+        tls = ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+               "--tls-client-ca", str(pki.ca_cert)] if pki is not None else []
         self._spawn("controller", "controller", "--kubeconfig", kubeconfig,
                     "--metrics-port", str(free_port()),
                     "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
                     "--no-leader-elect", "--extender-host", "127.0.0.1",
-                    "--extender-port", str(port))
+                    "--extender-port", str(port), *tls)
         self.say(f"started {len(fleet['nodes'])} simulated exporters and the controller "
                  f"(logs in {self.workdir})")
-        if self.cluster is None:
+        if self.cluster is None or pki is None:
             return
-        wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=60,
+        url = f"https://127.0.0.1:{port}"
+        wait_for(lambda: _http_ok(f"{url}/readyz", str(pki.ca_cert)), timeout=60,
                  what="the controller's scheduler extender to be ready")
-        self.cluster.restart_scheduler([extender_entry(f"http://127.0.0.1:{port}")])
-        self.say("kube-scheduler now asks the exo-gpu extender about GPU pods")
+        self.cluster.restart_scheduler([extender_entry(url, scheduler_tls_config(pki))])
+        self.say("kube-scheduler now asks the exo-gpu extender about GPU pods (mutual TLS)")
 
     def _stop_components(self) -> None:
         for process in self.processes.values():
@@ -249,7 +259,7 @@ class Demo:
                          f"{_gib(spec['memoryTotalBytes'])}",
                          _gib(slot.reserved) if slot else "-",
                          f"{metrics.get('computeUtilizationPercent', 0):.0f}",
-                         f"{metrics.get('temperatureCelsius', 0):.0f}", ready,
+                         _celsius(metrics.get("temperatureCelsius")), ready,
                          f"{slot.score:.2f}" if slot else "-"])
         out = ["GPU devices (score: 0.6 x free memory + 0.4 x compute headroom - thermal penalty)",
                format_table(["DEVICE", "MODEL", "USED/TOTAL GiB", "RESERVED GiB", "UTIL%",
@@ -307,8 +317,10 @@ def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _http_ok(url: str) -> bool:
+def _http_ok(url: str, ca_file: str) -> bool:
+    import ssl
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=1) as response:
+    context = ssl.create_default_context(cafile=ca_file)
+    with urllib.request.urlopen(url, timeout=1, context=context) as response:
         return bool(response.status == 200)

@@ -1,7 +1,9 @@
-"""Certificates and keys for the local control plane.
+"""Certificates and keys for the local control plane and its scheduler extender.
 
 One CA signs the API server's serving certificate and the admin's client certificate
-(``O=system:masters``); a separate RSA key pair signs service-account tokens. Everything is made
+(``O=system:masters``); a separate RSA key pair signs service-account tokens. The extender gets a
+CA of its own (:func:`make_extender_pki`), as the chart provisions it: a serving certificate for
+the extender and a client certificate for kube-scheduler, both signed by it. Everything is made
 fresh for each cluster folder, with the ``cryptography`` package, so no ``openssl`` is needed.
 """
 
@@ -58,6 +60,72 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurve
             .public_key(public_key).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + _VALIDITY))
+
+
+@dataclass(frozen=True)
+class ExtenderPki:
+    """The extender's mutual TLS: one CA, the extender's serving pair, the scheduler's client
+    pair (the files ``--tls-cert/--tls-key/--tls-client-ca`` and the scheduler's ``tlsConfig``
+    name)."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> ExtenderPki:
+        """Where :func:`make_extender_pki` writes the files in ``folder``."""
+        return cls(ca_cert=folder / "ca.crt", server_cert=folder / "extender.crt",
+                   server_key=folder / "extender.key", client_cert=folder / "scheduler.crt",
+                   client_key=folder / "scheduler.key")
+
+
+def _key_usage(ca: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=True, key_cert_sign=ca, crl_sign=ca,
+                         content_commitment=False, key_encipherment=False,
+                         data_encipherment=False, key_agreement=False, encipher_only=False,
+                         decipher_only=False)
+
+
+def make_extender_pki(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+                      client_name: str = "exo-gpu-scheduler") -> ExtenderPki:
+    """Write a CA, a serving certificate for ``hosts`` and a client certificate for
+    kube-scheduler (``client_name``), as the chart's generated certificates are."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name(f"exo-gpu-extender-ca-{folder.name}")
+    ca_cert = (_builder(ca_name, ca_name, ca_key.public_key())
+               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+               .add_extension(_key_usage(ca=True), critical=True)
+               .sign(ca_key, hashes.SHA256()))
+    sans: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = (_builder(_name("exo-gpu-extender"), ca_name, server_key.public_key())
+                   .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+                   .add_extension(_key_usage(ca=False), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                                  critical=False)
+                   .sign(ca_key, hashes.SHA256()))
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client_cert = (_builder(_name(client_name), ca_name, client_key.public_key())
+                   .add_extension(_key_usage(ca=False), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                                  critical=False)
+                   .sign(ca_key, hashes.SHA256()))
+    pki = ExtenderPki.in_folder(folder)
+    _write_cert(pki.ca_cert, ca_cert)
+    _write_cert(pki.server_cert, server_cert)
+    _write_key(pki.server_key, server_key)
+    _write_cert(pki.client_cert, client_cert)
+    _write_key(pki.client_key, client_key)
+    return pki
 
 
 def make_pki(folder: Path, extra_ips: Sequence[str] = ()) -> Pki:

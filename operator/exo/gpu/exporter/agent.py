@@ -12,7 +12,10 @@ deadline) discovers devices now and then, reads each one, checks health, and pub
   writes score and allocation) causes a 409, answered by a fresh read and a retry that keeps the
   other writer's fields and conditions;
 * a device a successful discovery no longer reports gets ``Ready=False, reason DeviceVanished``
-  and is deleted after a grace period; a failed discovery never vanishes anything;
+  and is deleted after a grace period, unless it is cordoned: a cordon is its operator's (the
+  admission policy refuses the exporter that delete, which would lift the cordon on re-creation),
+  so a cordoned vanished device stays, not Ready, until they lift it; a failed discovery never
+  vanishes anything;
 * impossible readings are counted and skipped, never written; backend failures become
   conditions with their reason; API trouble (unreachable, 5xx, 429) backs off exponentially with
   jitter, while refusals (4xx) are counted and the agent carries on.
@@ -147,16 +150,30 @@ def write_decision(
     delta_util = new_sample.compute_utilization_percent - prev_written.compute_utilization_percent
     if abs(delta_util) >= policy.utilization_points:
         return WriteReason.UTILIZATION
-    if abs(new_sample.temperature_celsius - prev_written.temperature_celsius) >= (
-        policy.temperature_celsius
+    if _left_band(
+        prev_written.temperature_celsius, new_sample.temperature_celsius, policy.temperature_celsius
     ):
         return WriteReason.TEMPERATURE
-    power_band = policy.power_fraction * max(prev_written.power_watts, policy.power_floor_watts)
-    if abs(new_sample.power_watts - prev_written.power_watts) >= power_band:
+    if prev_written.power_watts is None:
+        power_band = policy.power_floor_watts
+    else:
+        power_band = policy.power_fraction * max(prev_written.power_watts, policy.power_floor_watts)
+    if _left_band(prev_written.power_watts, new_sample.power_watts, power_band):
         return WriteReason.POWER
     if now - last_write_time >= (policy.heartbeat_s if heartbeat_s is None else heartbeat_s):
         return WriteReason.HEARTBEAT
     return None
+
+
+def _left_band(written: float | None, new: float | None, band: float) -> bool:
+    """A value moved by at least ``band``; a value that appears or disappears always counts.
+
+    Fields a driver does not expose are None (absent, never 0): a device whose temperature
+    sensor comes and goes is written when it does, and two absent readings are no change.
+    """
+    if written is None or new is None:
+        return (written is None) != (new is None)
+    return abs(new - written) >= band
 
 
 @dataclass(frozen=True)
@@ -651,7 +668,10 @@ class DeviceAgent:
             else:
                 state.vanished_since = now
         self.metrics.store.remove(name)
-        if now - state.vanished_since >= self.config.vanish_grace_s:
+        if obj.spec.unschedulable:
+            self._log_change(f"cordoned:{name}", "kept", logging.INFO,
+                             f"{name} no longer reported but cordoned: kept for its operator")
+        elif now - state.vanished_since >= self.config.vanish_grace_s:
             await self._call("delete", name, "vanished", self.api.delete(name, obj.metadata.uid))
             self.objects.pop(name, None)
             self.states.pop(name, None)

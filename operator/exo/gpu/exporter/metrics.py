@@ -14,6 +14,9 @@ Each device family is its own collector reading the latest samples from a :class
 which the agent fills on every poll; ``describe()`` is implemented so that registering a collector
 never calls ``collect()`` and a scrape never touches hardware. Exporter-health metrics are plain
 counters, gauges and a histogram on the same registry.
+
+A field the device's driver does not expose (temperature, power or clock is None in the sample)
+has no series for that device, never a 0 that a dashboard would plot as a cold, idle GPU.
 """
 
 from __future__ import annotations
@@ -69,8 +72,13 @@ class DeviceStore:
 Value = Callable[[DeviceSnapshot], float | None]
 
 
-def _sample(fn: Callable[[GPUMetrics], float]) -> Value:
+def _sample(fn: Callable[[GPUMetrics], float | None]) -> Value:
+    """A value of the latest sample; None (no series) without one or where the field is absent."""
     return lambda snap: None if snap.sample is None else fn(snap.sample)
+
+
+def _scaled(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor
 
 
 DCGM_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname")
@@ -186,7 +194,7 @@ def device_collectors(store: DeviceStore) -> list[DeviceFamilyCollector]:
         hw(
             "hw_gpu_clock_frequency",
             "GPU core clock.",
-            _sample(lambda s: s.clock_rate_mhz * 1e6),
+            _sample(lambda s: _scaled(s.clock_rate_mhz, 1e6)),
             "hertz",
         ),
         hw(
@@ -234,6 +242,13 @@ class ExporterMetrics:
             "exo_gpu_exporter_api_writes",
             "GPUDevice writes to the API server by kind (create, spec, status, delete) and result.",
             ["kind", "result"],
+            registry=self.registry,
+        )
+        self.backend_info = Gauge(
+            "exo_gpu_exporter_backend_info",
+            "1 for the backend this exporter reads (backend) and the one it was asked for "
+            "(requested: auto, or the same name).",
+            ["backend", "requested"],
             registry=self.registry,
         )
         self.devices = Gauge(

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from exo.gpu.k8s.aioclient import ApiError, AsyncKubeClient
 from exo.gpu.k8s.view import ClusterView, Reservation
 
-from .filter import judge_node
+from .filter import fit_request
 from .wire import (
     ANNOTATION_DEVICE,
     ANNOTATION_DEVICE_UUID,
@@ -51,25 +51,28 @@ class Decision:
 
 
 def reserve(view: ClusterView, pod: PodRequest, node: str, now: float) -> Decision:
-    """Pick the pod's devices on ``node`` and commit their reservation, atomically."""
-    wanted = max(pod.gpus, 1)
+    """Pick the pod's devices on ``node`` and commit their reservation, atomically.
+
+    The choice is the core's (``ClusterState.choose``, as in the filter); the reservation takes
+    over what the pod's workload planned for it there and what the pod held while pending.
+    """
+    request = fit_request(pod)
     with view.lock:
         held = view.reservations.get(pod.uid)
-        if held is not None:
+        if held is not None and held.bound:
             if held.node == node:  # a retried bind: keep what was chosen
                 slots = view.node_slots(node)
                 return Decision(held, tuple(_uuid(slots.get(d), d) for d in held.devices))
             view.release(pod.uid)
-        verdict = judge_node(view, pod, node, view.stale_before(now))
-        if len(verdict.eligible) < wanted:
-            reasons = "; ".join(verdict.reasons[:3]) or "no devices"
+        choice = view.state.choose(node, request, now)
+        if len(choice.devices) < request.devices:
+            reasons = "; ".join(r.describe() for r in choice.rejections[:3]) or "no devices"
             raise BindError(f"no eligible GPU left on {node} for {pod.key}: {reasons}")
-        chosen = verdict.eligible[:wanted]
-        per_device = pod.min_memory_bytes if pod.min_memory_bytes is not None else \
-            max(slot.total for slot in chosen)
+        chosen = choice.devices
+        per_device = max(request.reserves(slot.total) for slot in chosen)
         reservation = Reservation(pod_uid=pod.uid, pod_key=pod.key, node=node,
                                   devices=tuple(slot.name for slot in chosen),
-                                  bytes_per_device=per_device)
+                                  bytes_per_device=per_device, workload=request.workload)
         view.commit(reservation)
         return Decision(reservation, tuple(_uuid(slot, slot.name) for slot in chosen))
 
@@ -93,6 +96,7 @@ class Binder:
         """
         if pod is None or pod.uid != args.pod_uid:
             pod = await self._read(args)
+        before = self.view.reservations.get(pod.uid)
         decision = reserve(self.view, pod, args.node, now)
         path = (f"/api/v1/namespaces/{quote(args.pod_namespace, safe='')}/pods/"
                 f"{quote(args.pod_name, safe='')}/binding")
@@ -103,15 +107,24 @@ class Binder:
                              "uid": args.pod_uid, "annotations": decision.annotations()},
                 "target": {"apiVersion": "v1", "kind": "Node", "name": args.node}})
         except ApiError as error:
-            self.view.release(pod.uid)
+            self._undo(pod.uid, before)
             raise BindError(f"binding {pod.key} to {args.node}: {error}") from None
         except BaseException:
-            self.view.release(pod.uid)
+            self._undo(pod.uid, before)
             raise
         log.info("bound %s to %s on %s (%d bytes reserved per device)", pod.key,
                  ",".join(decision.reservation.devices), args.node,
                  decision.reservation.bytes_per_device)
         return decision
+
+    def _undo(self, uid: str, before: Reservation | None) -> None:
+        """The bind failed: the pod holds again what it held before (its planned memory while
+        pending), or nothing."""
+        with self.view.lock:
+            if before is not None and not before.bound:
+                self.view.commit(before)
+            else:
+                self.view.release(uid)
 
     async def _read(self, args: BindArgs) -> PodRequest:
         path = (f"/api/v1/namespaces/{quote(args.pod_namespace, safe='')}/pods/"

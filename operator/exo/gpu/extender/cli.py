@@ -15,16 +15,23 @@ from typing import Any
 
 import click
 
+from exo.gpu.policy import DEFAULT_POLICY, SelectionPolicy
 
-async def serve(kubeconfig: str | None, host: str, port: int, tls_cert: str | None,
-                tls_key: str | None, stop: asyncio.Event | None = None) -> None:
+from .server import MAX_BODY_BYTES, ServingTLS, serving_tls
+
+
+async def serve(kubeconfig: str | None, host: str, port: int, tls: ServingTLS | None,
+                stop: asyncio.Event | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+                reporting_interval: float = DEFAULT_POLICY.reporting_interval_seconds
+                ) -> None:
+    """Serve the extender until ``stop``; ``tls`` None is plain HTTP (asked for by name)."""
     from kubernetes import client, config
 
     from exo.gpu.k8s.informer import Informer
     from exo.gpu.k8s.view import ClusterView
 
     from .bind import Binder
-    from .server import ExtenderServer, ssl_context, start_site
+    from .server import ExtenderServer, start_site
 
     configuration = client.Configuration()
     if kubeconfig:
@@ -32,12 +39,14 @@ async def serve(kubeconfig: str | None, host: str, port: int, tls_cert: str | No
     else:
         config.load_incluster_config(client_configuration=configuration)
     api = client.ApiClient(configuration)
-    view = ClusterView()
+    view = ClusterView(policy=SelectionPolicy(reporting_interval_seconds=reporting_interval))
     informer = Informer(view, api).start()
     binder = Binder(view, bind_client(kubeconfig))
-    server = ExtenderServer(view, binder, ready=informer.synced.is_set)
-    runner = await start_site(server.app(), host, port, ssl_context(tls_cert, tls_key))
-    logging.getLogger(__name__).info("extender serving on %s:%d", host, port)
+    server = ExtenderServer(view, binder, ready=informer.synced.is_set,
+                            max_body_bytes=max_body_bytes)
+    runner = await start_site(server.app(), host, port, tls)
+    logging.getLogger(__name__).info("extender serving %s on %s:%d",
+                                     "mutual TLS" if tls else "plain HTTP", host, port)
     freezer = asyncio.get_running_loop().create_task(_freeze_after_sync(informer))
     stop = stop or asyncio.Event()
     if threading.current_thread() is threading.main_thread():
@@ -70,17 +79,71 @@ async def _freeze_after_sync(informer: Any) -> None:
     freeze_long_lived()
 
 
+#: The extender's transport options, shared by ``exo-gpu extender`` and ``exo-gpu controller``.
+_TLS_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--tls-cert",), {"default": None, "help": "The extender's serving certificate (PEM)."}),
+    (("--tls-key",), {"default": None, "help": "Private key of --tls-cert (PEM)."}),
+    (("--tls-client-ca",), {
+        "default": None,
+        "help": "CA whose client certificates may call the extender (kube-scheduler's); "
+                "callers without one get only /healthz and /readyz."}),
+    (("--tls-client-name",), {
+        "multiple": True,
+        "help": "Admit only client certificates with this subject common name (repeatable; "
+                "default: any the client CA signed)."}),
+    (("--plain-http",), {
+        "is_flag": True, "default": False,
+        "help": "Serve the extender over unauthenticated HTTP instead of mutual TLS."}),
+    (("--max-request-bytes",), {
+        "type": click.IntRange(min=1024), "default": MAX_BODY_BYTES, "show_default": True,
+        "help": "Largest extender request body; larger ones are answered 413."}),
+]
+
+
+def tls_params() -> list[click.Option]:
+    """The transport options as click parameters (for a ``click.Command(params=...)``)."""
+    return [click.Option(list(decls), **attrs) for decls, attrs in _TLS_OPTIONS]
+
+
+def tls_options(function: Any) -> Any:
+    """Decorate a click command with the transport options."""
+    for decls, attrs in reversed(_TLS_OPTIONS):
+        function = click.option(*decls, **attrs)(function)
+    return function
+
+
+def tls_from_options(tls_cert: str | None, tls_key: str | None, tls_client_ca: str | None,
+                     tls_client_name: tuple[str, ...], plain_http: bool) -> ServingTLS | None:
+    """The flags' TLS, or a usage error naming the flag; files that cannot be read fail here."""
+    import ssl
+
+    try:
+        return serving_tls(tls_cert, tls_key, tls_client_ca, plain_http, tls_client_name)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    except (OSError, ssl.SSLError) as error:
+        raise click.BadParameter(f"cannot load the TLS files: {error}",
+                                 param_hint="--tls-cert/--tls-key/--tls-client-ca") from None
+
+
 @click.command("extender")
 @click.option("--kubeconfig", envvar="KUBECONFIG", default=None,
               help="Kubeconfig file; in-cluster configuration when absent.")
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--port", default=8888, show_default=True, type=int)
-@click.option("--tls-cert", default=None, help="Serve HTTPS with this certificate (PEM).")
-@click.option("--tls-key", default=None, help="Private key of --tls-cert (PEM).")
+@tls_options
+@click.option("--reporting-interval", default=DEFAULT_POLICY.reporting_interval_seconds,
+              show_default=True, type=click.FloatRange(5, 3600),
+              help="The exporters' --report-interval: a device is stale after 3 of them "
+                   "without a write.")
 @click.option("--log-level", default="INFO", show_default=True)
 def command(kubeconfig: str | None, host: str, port: int, tls_cert: str | None,
-            tls_key: str | None, log_level: str) -> None:
+            tls_key: str | None, tls_client_ca: str | None, tls_client_name: tuple[str, ...],
+            plain_http: bool, max_request_bytes: int, reporting_interval: float,
+            log_level: str) -> None:
     """Serve kube-scheduler's extender verbs (filter, prioritize, bind) for GPU pods."""
+    tls = tls_from_options(tls_cert, tls_key, tls_client_ca, tls_client_name, plain_http)
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(serve(kubeconfig, host, port, tls_cert, tls_key))
+    asyncio.run(serve(kubeconfig, host, port, tls, max_body_bytes=max_request_bytes,
+                      reporting_interval=reporting_interval))

@@ -1,106 +1,53 @@
-"""Filter: keep the nodes holding enough devices that are eligible for the pod.
+"""Filter: keep the nodes holding enough devices that can take the pod.
 
-A device is eligible for a pod when it is not blocked (cordoned, not Ready, no metrics, too hot),
-not stale, of the requested vendor, the pod's planned device if it has one (pods of a GPUWorkload
-are held to their plan), and has the memory the pod asks for: ``gpu.exo.dev/min-memory`` of free
-memory after reservations and measured use, or, without that annotation, the whole device (no
-other pod holds any of it).
+Whether a device can take the pod is the core's decision (``exo.gpu.fit``, asked through
+``ClusterState.choose`` per node): not cordoned, Ready, reporting, fresh, below the thermal
+limit, of the requested vendor, the pod's planned device if it has one (pods of a GPUWorkload are
+held to their plan), and with the memory the pod asks for: ``gpu.exo.dev/min-memory`` of free
+memory after what others hold and measured use, or, without that annotation, the whole device
+(nobody else holds any of it). Memory the pod's own workload holds for it (its plan) is the
+pod's to take.
 
 Nodes fail with a reason a user can act on. Reasons that preemption cannot cure (no devices,
 vendor, health, temperature, staleness, a device too small whatever happens) go to
-``FailedAndUnresolvableNodes``; memory held by other pods goes to ``FailedNodes``.
+``FailedAndUnresolvableNodes``; memory held by others goes to ``FailedNodes``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from exo.gpu.k8s.view import ClusterView, Slot
+from exo.gpu.fit import Choice, FitRequest, choose
+from exo.gpu.k8s.view import ClusterView, Slot, workload_key
 
 from .wire import PodRequest
 
-_GIB = 1024**3
 #: How many devices a failure message names before it summarizes the rest.
 MAX_REASONS_PER_NODE = 3
+NO_DEVICES = "exo-gpu: no GPU devices known to exo-gpu on this node"
+
+#: What the filter found on one node: the devices the pod would get (best first), or why not.
+NodeVerdict = Choice[Slot]
 
 
-@dataclass(slots=True)
-class NodeVerdict:
-    """The pod's fit on one node: the devices it would get (best first), or why not.
-
-    ``eligible`` holds at most the number of GPUs the pod asks for: the search stops there.
-    ``reasons`` is filled only when the node cannot hold the pod.
-    """
-
-    eligible: list[Slot] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-    resolvable: bool = False
-
-
-def device_rejection(slot: Slot, pod: PodRequest, stale_before: float
-                     ) -> tuple[str, bool] | None:
-    """Why ``slot`` cannot take ``pod`` (message, resolvable by preemption), or None if it can.
-
-    ``stale_before``: samples older than this are stale (``ClusterView.stale_before(now)``).
-    """
-    if pod.planned_device is not None and slot.name not in pod.planned_device.split(","):
-        return f"{slot.name}: NotPlanned (the workload planned {pod.planned_device})", False
-    if slot.blocked is not None:
-        return f"{slot.name}: {slot.blocked}", False
-    if slot.sample_time is not None and slot.sample_time < stale_before:
-        since = time.strftime("%H:%M:%S", time.gmtime(slot.sample_time))
-        return f"{slot.name}: Stale (no metrics since {since} UTC)", False
-    if pod.vendor is not None and slot.vendor != pod.vendor:
-        return f"{slot.name}: VendorMismatch ({slot.vendor}, pod wants {pod.vendor})", False
-    need = pod.min_memory_bytes
-    if need is None:
-        if slot.reserved > 0:
-            return (f"{slot.name}: InUse ({slot.reserved / _GIB:.1f} GiB reserved by other pods; "
-                    "the pod asks for the whole device)"), True
-        return None
-    if need > slot.total:
-        return (f"{slot.name}: TooSmall ({slot.total / _GIB:.1f} GiB in all, "
-                f"{need / _GIB:.1f} GiB requested)"), False
-    if slot.free < need:
-        return (f"{slot.name}: InsufficientMemory ({slot.free / _GIB:.1f} GiB free, "
-                f"{need / _GIB:.1f} GiB requested)"), True
-    return None
+def fit_request(pod: PodRequest) -> FitRequest:
+    """The core's request for ``pod`` (its annotations and GPU count)."""
+    return FitRequest(
+        min_memory_bytes=pod.min_memory_bytes or 0,
+        whole_device=pod.min_memory_bytes is None,
+        vendor=pod.vendor,  # type: ignore[arg-type]  # FitRequest parses the name
+        planned=frozenset(d for d in pod.planned_device.split(",") if d)
+        if pod.planned_device else None,
+        devices=max(pod.gpus, 1),
+        workload=workload_key(pod.namespace, pod.workload) if pod.workload else None,
+    )
 
 
-def judge_node(view: ClusterView, pod: PodRequest, node: str, stale_before: float
-               ) -> NodeVerdict:
-    """The devices ``pod`` would get on ``node`` (best score first, ties by name), or reasons.
-
-    Slots are kept in score order, so a node that can hold the pod is usually settled by its
-    first device; only a node that cannot is scanned in full, to say why.
-    """
-    verdict = NodeVerdict()
-    ordered = view.ordered_by_node.get(node)
-    if not ordered:
-        verdict.reasons.append("no GPU devices known to exo-gpu on this node")
-        return verdict
-    wanted = pod.gpus if pod.gpus > 1 else 1
-    eligible = verdict.eligible
-    # Fast path, inlined: the common pod (vendor-agnostic, sized, unplanned) on a healthy node.
-    need, vendor, planned = pod.min_memory_bytes, pod.vendor, pod.planned_device
-    simple = need is not None and vendor is None and planned is None
-    for slot in ordered:
-        fits = (slot.free >= need and slot.blocked is None
-                and (slot.sample_time is None or slot.sample_time >= stale_before)
-                ) if simple and need is not None else (
-            device_rejection(slot, pod, stale_before) is None)
-        if fits:
-            eligible.append(slot)
-        if len(eligible) == wanted:
-            return verdict
-    for slot in ordered:  # cannot hold the pod: collect every reason
-        rejection = device_rejection(slot, pod, stale_before)
-        if rejection is not None:
-            verdict.reasons.append(rejection[0])
-            verdict.resolvable = verdict.resolvable or rejection[1]
-    return verdict
+def judge_node(view: ClusterView, request: FitRequest, node: str, now: float) -> NodeVerdict:
+    """The devices the request would get on ``node`` (best score first, ties by name), or why
+    not (the core's ``choose``)."""
+    return view.state.choose(node, request, now)
 
 
 @dataclass(slots=True)
@@ -115,26 +62,32 @@ def filter_nodes(view: ClusterView, pod: PodRequest, node_names: Iterable[str], 
                  ) -> FilterOutcome:
     """Split ``node_names`` into those that can hold ``pod`` and those that cannot (with why)."""
     outcome = FilterOutcome([], {}, {}, {})
-    wanted = max(pod.gpus, 1)
-    stale_before = view.stale_before(now)
+    request = fit_request(pod)
+    wanted = request.devices
+    known = view.state.nodes
+    policy = view.state.policy
+    passed, verdicts = outcome.passed, outcome.verdicts
     for node in node_names:
-        verdict = judge_node(view, pod, node, stale_before)
-        outcome.verdicts[node] = verdict
-        if len(verdict.eligible) >= wanted:
-            outcome.passed.append(node)
+        devices = known.get(node)
+        if not devices:
+            outcome.unresolvable[node] = NO_DEVICES
             continue
-        message = _message(verdict, wanted)
-        if verdict.resolvable:
-            outcome.failed[node] = message
+        verdict = choose(devices, request, now, policy)
+        verdicts[node] = verdict
+        if len(verdict.devices) >= wanted:
+            passed.append(node)
+        elif verdict.resolvable:
+            outcome.failed[node] = message(verdict, wanted)
         else:
-            outcome.unresolvable[node] = message
+            outcome.unresolvable[node] = message(verdict, wanted)
     return outcome
 
 
-def _message(verdict: NodeVerdict, wanted: int) -> str:
-    head = (f"exo-gpu: {len(verdict.eligible)} of {wanted} requested GPUs eligible"
-            if verdict.eligible else "exo-gpu: no eligible GPU")
-    shown = verdict.reasons[:MAX_REASONS_PER_NODE]
-    more = len(verdict.reasons) - len(shown)
+def message(verdict: NodeVerdict, wanted: int) -> str:
+    """``exo-gpu: no eligible GPU: dev: Reason (why); ...`` (at most 3 devices named)."""
+    head = (f"exo-gpu: {len(verdict.devices)} of {wanted} requested GPUs eligible"
+            if verdict.devices else "exo-gpu: no eligible GPU")
+    shown = [r.describe() for r in verdict.rejections[:MAX_REASONS_PER_NODE]]
+    more = len(verdict.rejections) - len(shown)
     tail = f"; and {more} more" if more > 0 else ""
     return f"{head}: {'; '.join(shown)}{tail}"

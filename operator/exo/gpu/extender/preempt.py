@@ -2,48 +2,32 @@
 
 kube-scheduler picks victims by CPU, memory and priority; with ``ignoredByScheduler`` it does
 not see GPU memory at all, so it may offer to evict pods that hold no GPU the pod could use. For
-each candidate node the extender takes the victims' reservations off that node's devices (in a
-copy) and judges the node again by the filter's rules: a node where the pod still has no device
-is dropped, the others are returned with their victims unchanged. Memory the exporter measures
-in use stays in use: evicting a pod frees what it reserved, not what other processes hold.
+each candidate node the core judges the node again as if the victims held nothing
+(``ClusterState.choose(..., without=victims)``: the same rules as the filter, with the ledger's
+figure recomputed without them): a node where the pod still has no device is dropped, the others
+are returned with their victims unchanged. Memory the exporter measures in use stays in use, and
+a workload's plan keeps holding what it planned even when its pod is a victim (the controller
+would start that pod again): evicting a pod frees what it alone held.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 
-from exo.gpu.k8s.view import ClusterView, Slot
+from exo.gpu.k8s.view import ClusterView
 
-from .filter import device_rejection
+from .filter import fit_request
 from .wire import PodRequest
-
-
-def freed(slot: Slot, released: int) -> Slot:
-    """``slot`` with ``released`` bytes of its reservations given back."""
-    reserved = max(slot.reserved - released, 0)
-    free = min(max(slot.total - max(slot.used, reserved), 0), slot.total)
-    return dataclasses.replace(slot, reserved=reserved, free=free)
 
 
 def preempt_nodes(view: ClusterView, pod: PodRequest,
                   victims: Mapping[str, tuple[list[str], int]], now: float
                   ) -> dict[str, tuple[list[str], int]]:
     """The subset of ``victims`` (node -> victim UIDs, PDB violations) that makes room."""
-    stale_before = view.stale_before(now)
-    wanted = max(pod.gpus, 1)
+    request = fit_request(pod)
     kept: dict[str, tuple[list[str], int]] = {}
     for node, (uids, violations) in victims.items():
-        released: dict[str, int] = {}
-        for uid in uids:
-            reservation = view.reservations.get(uid)
-            if reservation is not None and reservation.node == node:
-                for device in reservation.devices:
-                    released[device] = released.get(device, 0) + reservation.bytes_per_device
-        slots = view.ordered_by_node.get(node, [])
-        fitting = sum(1 for slot in slots
-                      if device_rejection(freed(slot, released.get(slot.name, 0)), pod,
-                                          stale_before) is None)
-        if fitting >= wanted:
+        choice = view.state.choose(node, request, now, without=uids)
+        if len(choice.devices) >= request.devices:
             kept[node] = (uids, violations)
     return kept

@@ -1,34 +1,37 @@
 """Prioritize: a node scores what the devices the pod would get there score.
 
-For a one-GPU pod that is the node's best eligible device; for a pod asking for N GPUs, the
-N-th best (the weakest of those bind would choose).
+For a one-GPU pod that is the node's best device that fits; for a pod asking for N GPUs, the
+N-th best (the weakest of those bind would choose). Which devices fit is the core's decision
+(``exo.gpu.fit.choose``, the same as the filter's).
 
-The device score is the core policy's (``exo.gpu.selector.score_device``: free memory, compute
+The device score is the core policy's (``exo.gpu.policy.score_device``: free memory, compute
 headroom, thermal penalty, in 0..1), mapped to kube-scheduler's integer extender priority 0..10 by
-``exo.gpu.selector.extender_score`` when the view refreshes the device (``Slot.priority``).
-A node with no eligible device scores 0.
+``exo.gpu.policy.extender_score`` when the device changes (``DeviceState.priority``).
+A node with no device that fits scores 0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from exo.gpu.fit import choose
 from exo.gpu.k8s.view import ClusterView
 
-from .filter import NodeVerdict, judge_node
+from .filter import NodeVerdict, fit_request
 from .wire import PodRequest
 
 
 def prioritize_nodes(view: ClusterView, pod: PodRequest, node_names: Iterable[str], now: float,
                      known: Mapping[str, NodeVerdict] | None = None) -> dict[str, int]:
     """Integer scores 0..10 per node. ``known`` reuses verdicts the filter just computed."""
-    wanted = max(pod.gpus, 1)
-    stale_before = view.stale_before(now)
+    request = fit_request(pod)
+    wanted = request.devices
+    nodes, policy = view.state.nodes, view.state.policy
     scores: dict[str, int] = {}
     for node in node_names:
         verdict = known.get(node) if known is not None else None
         if verdict is None:
-            verdict = judge_node(view, pod, node, stale_before)
-        eligible = verdict.eligible
-        scores[node] = eligible[wanted - 1].priority if len(eligible) >= wanted else 0
+            verdict = choose(nodes.get(node, ()), request, now, policy)
+        devices = verdict.devices
+        scores[node] = devices[wanted - 1].priority if len(devices) >= wanted else 0
     return scores

@@ -6,15 +6,24 @@ is in) and ``/metrics``. A request that is not JSON gets HTTP 400 with ``{"Error
 request of the wrong shape gets the verb's own error result (filter, bind) or 400 (prioritize and
 preempt, whose replies have no error field), and the error is counted. Nothing a client sends can
 crash or hang the server.
+
+Served with :class:`ServingTLS` (the default of every command that starts it), the extender speaks
+mutual TLS: a caller presenting a certificate that its client CA did not sign fails the handshake,
+and a caller presenting none gets only ``/healthz`` and ``/readyz`` (kubelet probes carry no
+certificate); every other path answers 403. A body over ``max_body_bytes`` answers 413 before it is
+read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -43,8 +52,16 @@ from .wire import (
 
 log = logging.getLogger(__name__)
 
-#: Largest request body accepted. A 5,000-node NodeList with full Node objects is a few MiB.
-MAX_BODY_BYTES = 64 * 1024**2
+#: Largest request body accepted by default, in bytes (``--max-request-bytes``). The largest
+#: filter or prioritize request kube-scheduler sends at 20,000 nodes with ``nodeCacheCapable`` is
+#: 6,691,152 bytes (20,000 node names of the longest legal length, 253 characters, and a pod at
+#: the API server's 1.5 MiB object limit; benchmarks/bench_request_size.py, docs/extender.md
+#: "Request size"); 8 MiB leaves room above it.
+MAX_BODY_BYTES = 8 * 1024**2
+#: Paths answered to a caller without a client certificate: the kubelet's probes carry none.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: Seconds between checks of the certificate files for a renewal (cert-manager, helm upgrade).
+TLS_RELOAD_INTERVAL_S = 30.0
 #: Above Go's default idle-connection timeout (90 s): kube-scheduler reuses keep-alive
 #: connections and does not retry a POST on a connection the server closed.
 KEEPALIVE_TIMEOUT_S = 120.0
@@ -59,6 +76,10 @@ class NotSynced(RuntimeError):
     """The view has not finished its first listing."""
 
 
+class BodyTooLarge(ValueError):
+    """A request body over ``max_body_bytes`` (answered 413)."""
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
@@ -69,12 +90,16 @@ class ExtenderServer:
     def __init__(self, view: ClusterView, binder: Binder | None,
                  metrics: ExtenderMetrics | None = None,
                  ready: Callable[[], bool] = lambda: True,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        if max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes: must be positive, got {max_body_bytes}")
         self.view = view
         self.binder = binder
         self.metrics = metrics or ExtenderMetrics()
         self.ready = ready
         self.clock = clock
+        self.max_body_bytes = max_body_bytes
         #: What the filter saw of recent pods, by uid: the parsed request (so that bind needs
         #: no API read) and the verdicts with the view's generation (reused by prioritize while
         #: nothing changed).
@@ -82,7 +107,7 @@ class ExtenderServer:
             OrderedDict()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=self.max_body_bytes)
         app[VIEW_KEY] = self.view
         app[METRICS_KEY] = self.metrics
         app.router.add_post("/filter", self.filter)
@@ -103,7 +128,13 @@ class ExtenderServer:
         ``error_reply(message, http_status)``: filter and bind answer 200 with their ``Error``
         field; prioritize, whose reply has no such field, answers ``http_status``.
         """
-        raw = await request.read()
+        try:
+            raw = await self._read_body(request)
+        except BodyTooLarge as error:
+            self.metrics.errors.labels(verb, "too_large").inc()
+            return _json({"Error": f"exo-gpu: the {verb} request body ({error}) is over the "
+                                   f"limit of {self.max_body_bytes} bytes "
+                                   "(--max-request-bytes)"}, 413)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as error:
@@ -126,6 +157,16 @@ class ExtenderServer:
                                     f"exo-gpu: internal error: {error}", 500)
         self.metrics.latency.labels(verb).observe(time.perf_counter() - started)
         return response
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body; refused unread when its declared length is over the limit."""
+        declared = request.content_length
+        if declared is not None and declared > self.max_body_bytes:
+            raise BodyTooLarge(f"{declared} bytes")
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:  # no Content-Length: stopped at the limit
+            raise BodyTooLarge("chunked, more than that") from None
 
     def _failed(self, verb: str, reason: str, error_reply: Callable[[str, int], web.Response],
                 message: str, status: int) -> web.Response:
@@ -221,21 +262,145 @@ class ExtenderServer:
         return entry[0] if entry is not None else None
 
 
-def ssl_context(cert_file: str | None, key_file: str | None) -> ssl.SSLContext | None:
-    if not cert_file:
+class ServingTLS:
+    """The extender's side of mutual TLS: serving certificate, key and the client CA.
+
+    Callers must present a certificate signed by ``client_ca_file`` to use anything but
+    ``OPEN_PATHS``, and, when ``client_names`` is given, one whose subject common name is among
+    them (a CA that signs for other workloads too then still admits kube-scheduler alone). The
+    three files are read again when their content changes (checked every
+    ``TLS_RELOAD_INTERVAL_S`` while serving), so a renewed certificate (cert-manager, or the
+    chart's on ``helm upgrade``) is served without a restart; a renewal that fails to load is
+    logged and the previous certificate kept. OpenSSL only adds CAs to a live context: a replaced
+    client CA stays trusted until the process restarts (docs/security.md: rotating the CA).
+    """
+
+    def __init__(self, cert_file: str, key_file: str, client_ca_file: str,
+                 client_names: Iterable[str] = ()) -> None:
+        self.files = (Path(cert_file), Path(key_file), Path(client_ca_file))
+        self.client_names = frozenset(client_names)
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        # Optional at the TLS layer so that kubelet probes reach OPEN_PATHS; a certificate that
+        # is presented must chain to the client CA, and require_client_certificates refuses
+        # every other path without one.
+        self.context.verify_mode = ssl.CERT_OPTIONAL
+        self._digest = ""
+        self._load(self.context)
+
+    def _read(self) -> tuple[bytes, ...]:
+        return tuple(path.read_bytes() for path in self.files)
+
+    def _load(self, context: ssl.SSLContext) -> None:
+        cert, key, client_ca = self.files
+        digest = hashlib.sha256(b"".join(self._read())).hexdigest()
+        context.load_cert_chain(str(cert), str(key))
+        context.load_verify_locations(cafile=str(client_ca))
+        self._digest = digest
+
+    def reload_if_changed(self) -> bool:
+        """Load the files again if their content changed; True when it did and loaded."""
+        try:
+            if hashlib.sha256(b"".join(self._read())).hexdigest() == self._digest:
+                return False
+            # Check the new files on a scratch context first: a certificate whose key does not
+            # match would otherwise leave the live context half-updated.
+            self._load(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
+            self._load(self.context)
+        except (OSError, ssl.SSLError, ValueError) as error:
+            log.warning("extender TLS files changed but cannot be loaded (%s); keeping the "
+                        "previous certificate", error)
+            return False
+        log.info("extender TLS certificate reloaded from %s", self.files[0])
+        return True
+
+
+def serving_tls(cert_file: str | None, key_file: str | None, client_ca_file: str | None,
+                plain_http: bool, client_names: Iterable[str] = ()) -> ServingTLS | None:
+    """The TLS of the command-line flags: all three files, or plain HTTP asked for by name."""
+    given = {"--tls-cert": cert_file, "--tls-key": key_file, "--tls-client-ca": client_ca_file,
+             "--tls-client-name": ",".join(client_names)}
+    if plain_http:
+        if any(given.values()):
+            raise ValueError("--plain-http: cannot be combined with "
+                             + ", ".join(flag for flag, value in given.items() if value))
         return None
-    if not key_file:
-        raise ValueError("--tls-key: required with --tls-cert")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
-    return context
+    missing = [flag for flag, value in given.items()
+               if not value and flag != "--tls-client-name"]
+    if len(missing) == 3:
+        raise ValueError("the extender serves mutual TLS: give --tls-cert, --tls-key and "
+                         "--tls-client-ca (the CA of kube-scheduler's client certificate), or "
+                         "--plain-http to serve unauthenticated HTTP")
+    if missing:
+        raise ValueError(f"{', '.join(missing)}: required with "
+                         + ", ".join(flag for flag, value in given.items() if value))
+    assert cert_file and key_file and client_ca_file
+    return ServingTLS(cert_file, key_file, client_ca_file, client_names)
+
+
+def _common_name(certificate: dict[str, Any]) -> str:
+    for rdn in certificate.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""
+
+
+def _client_certificate_gate(metrics: ExtenderMetrics, tls: ServingTLS) -> Any:
+    known = {"/filter", "/prioritize", "/bind", "/preempt", "/metrics"}
+
+    @web.middleware
+    async def require_client_certificate(request: web.Request, handler: Any) -> Any:
+        if request.path in OPEN_PATHS:
+            return await handler(request)
+        ssl_object = request.transport.get_extra_info("ssl_object") \
+            if request.transport is not None else None
+        certificate = ssl_object.getpeercert() if ssl_object is not None else None
+        verb = request.path.strip("/") if request.path in known else "other"
+        if not certificate:
+            metrics.errors.labels(verb, "no_client_certificate").inc()
+            return _json({"Error": "exo-gpu: a client certificate signed by the extender's "
+                                   "client CA is required (kube-scheduler's tlsConfig certFile "
+                                   "and keyFile)"}, 403)
+        name = _common_name(certificate)
+        if tls.client_names and name not in tls.client_names:
+            metrics.errors.labels(verb, "client_not_allowed").inc()
+            return _json({"Error": f"exo-gpu: the client certificate's common name {name!r} "
+                                   "is not one of "
+                                   f"{', '.join(sorted(tls.client_names))} (--tls-client-name)"},
+                         403)
+        return await handler(request)
+
+    return require_client_certificate
+
+
+def require_client_certificates(app: web.Application, tls: ServingTLS) -> None:
+    """Make ``app`` refuse callers without a client certificate (all but ``OPEN_PATHS``) and
+    reload ``tls``'s files while it runs. Call before the app is served."""
+    app.middlewares.append(_client_certificate_gate(app[METRICS_KEY], tls))
+
+    async def watch_certificates(_: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(TLS_RELOAD_INTERVAL_S)
+                tls.reload_if_changed()
+
+        task = asyncio.get_running_loop().create_task(loop())
+        yield
+        task.cancel()
+
+    app.cleanup_ctx.append(watch_certificates)
 
 
 async def start_site(app: web.Application, host: str, port: int,
-                     tls: ssl.SSLContext | None = None) -> web.AppRunner:
-    """Serve ``app`` on host:port; returns the runner (``await runner.cleanup()`` to stop)."""
+                     tls: ServingTLS | None = None) -> web.AppRunner:
+    """Serve ``app`` on host:port; returns the runner (``await runner.cleanup()`` to stop).
+
+    With ``tls``: mutual TLS (:func:`require_client_certificates`); without: plain HTTP.
+    """
+    if tls is not None:
+        require_client_certificates(app, tls)
     runner = web.AppRunner(app, keepalive_timeout=KEEPALIVE_TIMEOUT_S, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=tls)
+    site = web.TCPSite(runner, host, port, ssl_context=tls.context if tls else None)
     await site.start()
     return runner

@@ -24,6 +24,7 @@ from exo.gpu.k8s.view import (
     ANNOTATION_WORKLOAD,
     GPU_RESOURCE,
 )
+from exo.gpu.telemetry_protocol import Vendor
 
 __all__ = [
     "ANNOTATION_DEVICE",
@@ -47,6 +48,7 @@ __all__ = [
 #: percentageOfNodesToScore share (>= 100 nodes, about 500 at 5,000 nodes); a list 100x larger
 #: is a broken or hostile client, refused before any work is done.
 MAX_NODES_PER_REQUEST = 50_000
+_VENDORS = tuple(v.value for v in Vendor)
 
 
 
@@ -148,7 +150,10 @@ def parse_pod(value: Any, field: str = "Pod") -> PodRequest:
     min_memory = annotations.get(ANNOTATION_MIN_MEMORY)
     vendor = annotations.get(ANNOTATION_VENDOR)
     if vendor is not None:
-        vendor = _string(vendor, f"{field}.metadata.annotations[{ANNOTATION_VENDOR}]").lower()
+        where = f"{field}.metadata.annotations[{ANNOTATION_VENDOR}]"
+        vendor = _string(vendor, where).lower()
+        if vendor not in _VENDORS:
+            raise WireError(where, f"unknown vendor {vendor!r} (known: {', '.join(_VENDORS)})")
     return PodRequest(
         namespace=_string(metadata.get("namespace") or "default", f"{field}.metadata.namespace"),
         name=_string(metadata.get("name"), f"{field}.metadata.name"),

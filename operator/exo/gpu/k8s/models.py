@@ -282,26 +282,35 @@ class DeviceMetrics(KubeModel):
     compute_utilization_percent: Annotated[float, Field(ge=0, le=100)] = Field(
         description="Compute utilization, percent 0..100."
     )
-    temperature_celsius: Annotated[
-        float, Field(ge=MIN_TEMPERATURE_CELSIUS, le=MAX_TEMPERATURE_CELSIUS)
-    ] = Field(description="Core temperature, degrees Celsius.")
-    power_watts: Annotated[float, Field(ge=0)] = Field(description="Power draw, watts.")
-    clock_rate_mhz: Annotated[float, Field(ge=0)] = Field(
+    temperature_celsius: (
+        Annotated[float, Field(ge=MIN_TEMPERATURE_CELSIUS, le=MAX_TEMPERATURE_CELSIUS)] | None
+    ) = Field(
+        default=None,
+        description="Core temperature, degrees Celsius; absent when the driver does not expose it.",
+    )
+    power_watts: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="Power draw, watts; absent when the driver does not expose it."
+    )
+    clock_rate_mhz: Annotated[float, Field(ge=0)] | None = Field(
+        default=None,
         alias="clockRateMHz",
         validation_alias=AliasChoices("clockRateMHz", "clock_rate_mhz"),
-        description="Streaming-multiprocessor (core) clock, MHz.",
+        description="Core clock, MHz; absent when the driver does not expose it.",
     )
 
     @classmethod
     def from_sample(cls, sample: GPUMetrics) -> DeviceMetrics:
-        """Status form of a core sample (utilization and temperature rounded to 0.1)."""
+        """Status form of a core sample (utilization and temperature rounded to 0.1).
+
+        A field the sample does not carry stays absent on the wire, never 0.
+        """
         return cls(
             timestamp=to_time(sample.timestamp),
             memory_used_bytes=sample.memory_used_bytes,
             compute_utilization_percent=round(sample.compute_utilization_percent, 1),
-            temperature_celsius=round(sample.temperature_celsius, 1),
-            power_watts=round(sample.power_watts, 1),
-            clock_rate_mhz=round(sample.clock_rate_mhz),
+            temperature_celsius=_rounded(sample.temperature_celsius, 1),
+            power_watts=_rounded(sample.power_watts, 1),
+            clock_rate_mhz=_rounded(sample.clock_rate_mhz, 0),
         )
 
     def to_sample(self, device_id: str, memory_total_bytes: int) -> GPUMetrics:
@@ -316,6 +325,10 @@ class DeviceMetrics(KubeModel):
             temperature_celsius=self.temperature_celsius,
             clock_rate_mhz=self.clock_rate_mhz,
         )
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 class DeviceDisplay(KubeModel):

@@ -1,18 +1,23 @@
-"""One in-memory view of the cluster's GPUs and of what pods hold on them.
+"""The Kubernetes adapter of the core's cluster state: GPUDevices and Pods in, decisions out.
 
-The controller and the scheduler extender answer from this view, never from the API server on
-their hot paths. It is fed with GPUDevice and Pod objects (by an informer or by kopf handlers) and
-keeps:
+The controller and the scheduler extender answer from one ``ClusterView``, never from the API
+server on their hot paths. It is fed with GPUDevice and Pod objects (by an informer or by kopf
+handlers) and turns them into the core's terms, in ``exo.gpu.cluster.ClusterState`` (``state``):
 
-- a ``GPUClusteringManager`` with every device, its latest sample, readiness and cordon, so the
-  core policies (ranking, distribution, aggregation) see the cluster as it is;
-- the allocation ledger: which pod holds how much memory of which device. Its source of truth is
-  the API (bound pods' ``gpu.exo.dev/device`` and ``gpu.exo.dev/reserved-memory`` annotations): a
-  fresh view rebuilds it from a pod listing, and pods that end or are deleted release what they
-  held. Reservations made at bind are committed under the view's lock together with the device
-  choice, so two pods can never be given the same memory;
-- per node, a small precomputed summary of each device (``Slot``) so that filtering and scoring
-  500 candidate nodes costs a dictionary lookup and a few comparisons per node.
+- a GPUDevice becomes a device (identity, labels with the node and vendor implied, cordon, the
+  Ready condition and its reason, the latest sample);
+- a pod becomes a reservation in the ledger. A bound pod holds what its ``gpu.exo.dev/device``
+  and ``gpu.exo.dev/reserved-memory`` annotations say (written at bind). A pod of a GPUWorkload
+  (``gpu.exo.dev/workload``) planned on a device (``gpu.exo.dev/device``) and not bound yet holds
+  what it asks there (``gpu.exo.dev/min-memory``, or the whole device), so the planned memory is
+  held even for an extender that never saw the plan (a restart, or ``exo-gpu extender`` on its
+  own). Pods that end or are being deleted release what they held. The source of truth is the
+  API: a fresh view rebuilds the ledger from a pod listing;
+- the controller adds the holds of its plans (``set_plan_holds``) under the same lock as the
+  planning, and the extender commits a bind's reservation under it together with the device
+  choice, so two pods, or two plans, or a plan and a pod, can never be given the same memory.
+
+Every rule (what fits, what is free, what is stale) is the core's; this module only translates.
 """
 
 from __future__ import annotations
@@ -20,17 +25,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
+from exo.gpu.cluster import ClusterState
 from exo.gpu.clustering import GPUClusteringManager
-from exo.gpu.selector import DEFAULT_POLICY, SelectionPolicy, extender_score, score_device
-from exo.gpu.telemetry_protocol import GPUMetrics
+from exo.gpu.policy import DEFAULT_POLICY, SelectionPolicy
+from exo.gpu.quantity import parse_quantity
+from exo.gpu.state import DeviceState, Reservation
 
-from .models import GPUDevice, find_condition
+from .models import LABEL_NODE, LABEL_VENDOR, GPUDevice, find_condition
 
 log = logging.getLogger(__name__)
 
@@ -43,42 +50,42 @@ ANNOTATION_MIN_MEMORY = "gpu.exo.dev/min-memory"
 ANNOTATION_VENDOR = "gpu.exo.dev/vendor"
 GPU_RESOURCE = "gpu.exo.dev/gpu"
 
+#: The core's per-device state, under the name the extender used for it.
+Slot = DeviceState
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """Memory of one or more devices promised to one pod."""
+__all__ = [
+    "ANNOTATION_DEVICE",
+    "ANNOTATION_DEVICE_UUID",
+    "ANNOTATION_MIN_MEMORY",
+    "ANNOTATION_RESERVED",
+    "ANNOTATION_TASKS",
+    "ANNOTATION_VENDOR",
+    "ANNOTATION_WORKLOAD",
+    "GPU_RESOURCE",
+    "ClusterView",
+    "Reservation",
+    "Slot",
+    "device_labels",
+    "workload_key",
+]
 
-    pod_uid: str
-    pod_key: str  # namespace/name
-    node: str
-    devices: tuple[str, ...]
-    bytes_per_device: int
+
+def workload_key(namespace: str | None, name: str) -> str:
+    """How the ledger names a GPUWorkload: ``namespace/name``."""
+    return f"{namespace or 'default'}/{name}"
 
 
-@dataclass(slots=True)
-class Slot:
-    """One device as the filter and scorer see it (recomputed when the device or its
-    reservations change; staleness is judged at query time)."""
-
-    name: str
-    node: str
-    vendor: str
-    uuid: str | None
-    total: int
-    used: int  # measured by the exporter (0 before the first sample)
-    reserved: int
-    free: int  # total - max(measured use, reservations), never negative
-    score: float
-    #: ``score`` as kube-scheduler's integer extender priority 0..10 (``extender_score``).
-    priority: int
-    sample_time: float | None
-    #: A reason that holds whatever the pod asks (cordoned, not ready, no metrics, too hot).
-    blocked: str | None
+def device_labels(device: GPUDevice) -> dict[str, str]:
+    """A device's labels, with node and vendor implied from its spec when not labelled."""
+    labels = {LABEL_NODE: device.spec.node, LABEL_VENDOR: device.spec.vendor.value}
+    labels.update(device.metadata.labels)
+    return labels
 
 
 @dataclass
 class ClusterView:
-    """Devices, pods and reservations. Thread-safe: every method takes ``lock``."""
+    """GPUDevices and pods, as the core's ``ClusterState``. Thread-safe: every method takes
+    ``lock``; callers that read and then commit (bind, planning) hold it around both."""
 
     policy: SelectionPolicy = DEFAULT_POLICY
     clock: Callable[[], float] = time.time
@@ -86,20 +93,45 @@ class ClusterView:
     #: the latest sample; one more keeps a late sample in order. At 2-3 KiB a sample, the core's
     #: default of 300 would cost gigabytes at 10,000 devices.
     history_size: int = 2
-    manager: GPUClusteringManager = field(init=False)
+    state: ClusterState = field(init=False)
     lock: threading.RLock = field(default_factory=threading.RLock)
     devices: dict[str, GPUDevice] = field(default_factory=dict)
-    slots_by_node: dict[str, dict[str, Slot]] = field(default_factory=dict)
-    #: The same slots per node, best score first (ties by name): most pods stop at the first.
-    ordered_by_node: dict[str, list[Slot]] = field(default_factory=dict)
-    reservations: dict[str, Reservation] = field(default_factory=dict)
-    reserved_by_device: dict[str, int] = field(default_factory=dict)
-    #: Bumped on every change; caches keyed by it (the extender's per-pod results) stay exact.
-    generation: int = 0
 
     def __post_init__(self) -> None:
-        self.manager = GPUClusteringManager(policy=self.policy, clock=self.clock,
-                                            history_size=self.history_size)
+        self.state = ClusterState(self.policy, clock=self.clock, history_size=self.history_size)
+
+    # ------------------------------------------------------------------ the core's parts
+    @property
+    def manager(self) -> GPUClusteringManager:
+        return self.state.manager
+
+    @property
+    def generation(self) -> int:
+        """Bumped on every change; caches keyed by it (the extender's per-pod results) stay
+        exact."""
+        return self.state.generation
+
+    @property
+    def reservations(self) -> Mapping[str, Reservation]:
+        """Every pod holding memory, by uid (bound, or planned and pending)."""
+        return self.state.ledger.pods
+
+    @property
+    def reserved_by_device(self) -> dict[str, int]:
+        return self.state.ledger.reserved_by_device()
+
+    @property
+    def ordered_by_node(self) -> Mapping[str, Sequence[DeviceState]]:
+        """Per node, its devices best score first (ties by name)."""
+        return self.state.nodes
+
+    @property
+    def slots_by_node(self) -> dict[str, dict[str, DeviceState]]:
+        return {node: {d.device_id: d for d in devices}
+                for node, devices in self.state.nodes.items()}
+
+    def node_slots(self, node: str) -> dict[str, DeviceState]:
+        return {d.device_id: d for d in self.state.node_devices(node)}
 
     # ------------------------------------------------------------------ devices
     def apply_device(self, obj: Mapping[str, Any]) -> GPUDevice | None:
@@ -114,103 +146,33 @@ class ClusterView:
             previous = self.devices.get(device.name)
             # Most updates carry new metrics only: build the identity only when the spec moved
             # (a cordon changes the spec but not the identity, and keeps the history).
-            if previous is not None and previous.spec != device.spec and \
-                    previous.to_device_info() != device.to_device_info():
-                self._forget_device(device.name)
-                previous = None
-            if previous is None:
-                self.manager.register_device(device.to_device_info())
+            info = None
+            if previous is None or previous.spec != device.spec:
+                info = device.to_device_info()
+            labels = None
+            if previous is None or previous.metadata.labels != device.metadata.labels or \
+                    previous.spec.node != device.spec.node:
+                labels = device_labels(device)
+            ready, detail = _readiness(device)
             self.devices[device.name] = device
-            self.manager.set_cordoned(device.name, device.spec.unschedulable)
-            self.manager.set_ready(device.name, _is_ready(device))
-            sample = device.latest_sample()
-            if sample is not None:
-                self._record(sample)
-            self._refresh_slot(device.name, sample)
-            self.generation += 1
+            try:
+                self.state.update_device(device.name, info=info, labels=labels,
+                                         cordoned=device.spec.unschedulable, ready=ready,
+                                         ready_detail=detail, sample=device.latest_sample())
+            except ValueError as error:
+                log.warning("metrics of %s skipped: %s", device.name, error)
             return device
 
     def remove_device(self, name: str) -> None:
         with self.lock:
-            if name in self.devices:
-                self._forget_device(name)
-                self.generation += 1
-
-    def _forget_device(self, name: str) -> None:
-        device = self.devices.pop(name)
-        self.manager.unregister_device(name)
-        node_slots = self.slots_by_node.get(device.spec.node, {})
-        node_slots.pop(name, None)
-        if node_slots:
-            self._order(device.spec.node)
-        else:
-            self.slots_by_node.pop(device.spec.node, None)
-            self.ordered_by_node.pop(device.spec.node, None)
-
-    def _record(self, sample: GPUMetrics) -> None:
-        latest = self.manager.get_metrics(sample.device_id)
-        if latest is not None and latest.timestamp >= sample.timestamp:
-            return  # a replay of what the view already has
-        try:
-            self.manager.record_metrics_sync(sample)
-        except ValueError as error:
-            log.warning("metrics of %s skipped: %s", sample.device_id, error)
-
-    def _refresh_slot(self, name: str, sample: GPUMetrics | None) -> None:
-        """Recompute the device's slot from ``sample``, its latest metrics."""
-        device = self.devices[name]
-        total = device.spec.memory_total_bytes
-        reserved = min(self.reserved_by_device.get(name, 0), total)
-        blocked: str | None = None
-        if device.spec.unschedulable:
-            blocked = "Cordoned: the device is cordoned (spec.unschedulable)"
-        elif not _is_ready(device):
-            ready = find_condition(device.status.conditions if device.status else [], "Ready")
-            why = f"{ready.reason}: {ready.message}" if ready else "no Ready condition"
-            blocked = f"NotReady: {why}"
-        if sample is None:
-            blocked = blocked or "NoMetrics: the exporter has not reported metrics yet"
-            breakdown_score, free = 0.0, max(total - reserved, 0)
-        else:
-            breakdown = score_device(
-                total,
-                sample.memory_used_bytes,
-                sample.compute_utilization_percent,
-                sample.temperature_celsius,
-                reserved,
-                self.policy,
-            )
-            breakdown_score, free = breakdown.total, breakdown.free_memory_bytes
-            if sample.temperature_celsius >= self.policy.thermal_max_celsius:
-                blocked = blocked or (
-                    f"TooHot: {sample.temperature_celsius:.0f} C is at or above "
-                    f"{self.policy.thermal_max_celsius:.0f} C"
-                )
-        self.slots_by_node.setdefault(device.spec.node, {})[name] = Slot(
-            name=name,
-            node=device.spec.node,
-            vendor=str(device.spec.vendor.value),
-            uuid=device.spec.uuid,
-            total=total,
-            reserved=reserved,
-            used=sample.memory_used_bytes if sample else 0,
-            free=free,
-            score=breakdown_score,
-            priority=extender_score(breakdown_score),
-            sample_time=sample.timestamp if sample else None,
-            blocked=blocked,
-        )
-        self._order(device.spec.node)
-
-    def _order(self, node: str) -> None:
-        self.ordered_by_node[node] = sorted(
-            self.slots_by_node[node].values(), key=lambda slot: (-slot.score, slot.name)
-        )
+            if self.devices.pop(name, None) is not None:
+                self.state.remove_device(name)
 
     # ------------------------------------------------------------------ pods and the ledger
     def apply_pod(self, pod: Mapping[str, Any]) -> None:
-        """Track a pod: a bound pod holding a device keeps its reservation; a pod that ended or
-        is being deleted releases it."""
+        """Track a pod: a bound pod holding a device keeps its reservation, a workload's pod
+        planned on a device holds what it asks there, a pod that ended or is being deleted
+        releases what it held."""
         metadata = pod.get("metadata") or {}
         uid = metadata.get("uid")
         if not uid:
@@ -224,33 +186,44 @@ class ClusterView:
             self.release(uid)
             return
         annotations = metadata.get("annotations") or {}
-        node = (pod.get("spec") or {}).get("nodeName")
         devices = tuple(d for d in (annotations.get(ANNOTATION_DEVICE) or "").split(",") if d)
+        if not devices:
+            return
+        namespace = metadata.get("namespace")
+        key = f"{namespace}/{metadata.get('name')}"
+        workload = annotations.get(ANNOTATION_WORKLOAD)
+        owner = workload_key(namespace, workload) if workload else None
+        node = (pod.get("spec") or {}).get("nodeName")
         reserved = annotations.get(ANNOTATION_RESERVED)
-        if not node or not devices or reserved is None:
-            return
-        try:
-            per_device = int(reserved)
-        except ValueError:
-            log.warning(
-                "pod %s/%s: bad %s annotation %r",
-                metadata.get("namespace"),
-                metadata.get("name"),
-                ANNOTATION_RESERVED,
-                reserved,
-            )
-            return
         with self.lock:
-            if uid not in self.reservations:
-                self.commit(
-                    Reservation(
-                        pod_uid=uid,
-                        pod_key=f"{metadata.get('namespace')}/{metadata.get('name')}",
-                        node=node,
-                        devices=devices,
-                        bytes_per_device=per_device,
-                    )
-                )
+            held = self.state.ledger.pods.get(uid)
+            if node and reserved is not None:
+                if held is not None and held.bound:
+                    return  # recorded at bind, or already applied
+                try:
+                    per_device = int(reserved)
+                except ValueError:
+                    log.warning("pod %s: bad %s annotation %r", key, ANNOTATION_RESERVED,
+                                reserved)
+                    return
+                self.commit(Reservation(uid, key, node, devices, per_device, owner))
+            elif not node and owner is not None and held is None:
+                asked = self._asked(annotations, devices, key)
+                if asked is not None:
+                    self.commit(Reservation(uid, key, "", devices, asked, owner, bound=False))
+
+    def _asked(self, annotations: Mapping[str, Any], devices: Sequence[str],
+               key: str) -> int | None:
+        """What a planned pod asks of each of its devices (None: nothing to hold)."""
+        text = annotations.get(ANNOTATION_MIN_MEMORY)
+        if text is not None:
+            try:
+                return parse_quantity(text, ANNOTATION_MIN_MEMORY)
+            except ValueError as error:
+                log.warning("pod %s: %s", key, error)
+                return None
+        totals = [d.total for name in devices if (d := self.state.device(name)) is not None]
+        return max(totals) if totals else None
 
     def remove_pod(self, pod: Mapping[str, Any]) -> None:
         uid = (pod.get("metadata") or {}).get("uid")
@@ -262,7 +235,7 @@ class ClusterView:
         pods = list(pods)
         live = {(p.get("metadata") or {}).get("uid") for p in pods}
         with self.lock:
-            for uid in [uid for uid in self.reservations if uid not in live]:
+            for uid in [uid for uid in self.state.ledger.pods if uid not in live]:
                 self.release(uid)
             for pod in pods:
                 self.apply_pod(pod)
@@ -270,50 +243,29 @@ class ClusterView:
     def commit(self, reservation: Reservation) -> None:
         """Record a reservation (call under ``lock`` together with the choice that made it)."""
         with self.lock:
-            self.reservations[reservation.pod_uid] = reservation
-            for device in reservation.devices:
-                self.reserved_by_device[device] = (
-                    self.reserved_by_device.get(device, 0) + reservation.bytes_per_device
-                )
-                self._apply_reserved(device)
-            self.generation += 1
+            self.state.hold(reservation)
 
     def release(self, pod_uid: str) -> Reservation | None:
         with self.lock:
-            reservation = self.reservations.pop(pod_uid, None)
-            if reservation is None:
-                return None
-            for device in reservation.devices:
-                left = self.reserved_by_device.get(device, 0) - reservation.bytes_per_device
-                if left > 0:
-                    self.reserved_by_device[device] = left
-                else:
-                    self.reserved_by_device.pop(device, None)
-                self._apply_reserved(device)
-            self.generation += 1
-            return reservation
+            return self.state.release(pod_uid)
 
-    def _apply_reserved(self, device: str) -> None:
-        if device in self.devices:
-            total = self.devices[device].spec.memory_total_bytes
-            self.manager.set_reservation(device, min(self.reserved_by_device.get(device, 0), total))
-            self._refresh_slot(device, self.devices[device].latest_sample())
+    def set_plan_holds(self, workload: str, holds: Mapping[str, int]) -> None:
+        """What the planned tasks of ``workload`` (``namespace/name``) hold, device -> bytes
+        (empty: nothing). Call under ``lock`` together with the planning that decided it."""
+        with self.lock:
+            self.state.set_plan(workload, holds)
 
     # ------------------------------------------------------------------ queries
-    def node_slots(self, node: str) -> Mapping[str, Slot]:
-        return self.slots_by_node.get(node, {})
-
-    def stale_before(self, now: float) -> float:
-        """Samples older than this are stale at ``now``."""
-        return now - self.policy.stale_after_seconds
-
     def reservations_on(self, device: str) -> list[Reservation]:
         with self.lock:
-            return [r for r in self.reservations.values() if device in r.devices]
+            return self.state.ledger.on_device(device)
 
 
-def _is_ready(device: GPUDevice) -> bool:
+def _readiness(device: GPUDevice) -> tuple[bool, str]:
+    """The Ready condition as (ready, why not)."""
     if device.status is None:
-        return True  # no conditions yet: judged by metrics (NoMetrics) instead
+        return True, ""  # no conditions yet: judged by metrics (NoMetrics) instead
     ready = find_condition(device.status.conditions, "Ready")
-    return ready is None or ready.status == "True"
+    if ready is None or ready.status == "True":
+        return True, ""
+    return False, f"{ready.reason}: {ready.message}" if ready.message else ready.reason

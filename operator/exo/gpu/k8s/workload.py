@@ -15,6 +15,7 @@ on its shape) and ``minMemoryBytes`` (a Kubernetes quantity, ``x-kubernetes-int-
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, WithJsonSchema, field_validator
@@ -41,6 +42,29 @@ MAX_TASK_IDS = 10_000
 
 Phase = Literal["Pending", "Placed", "Running", "Succeeded", "Failed", "Unschedulable", "Invalid"]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
+
+
+class WorkloadPhase(StrEnum):
+    """``status.phase`` of a GPUWorkload (the schema's enum is ``Phase``; a test keeps the two
+    equal)."""
+
+    PENDING = "Pending"
+    PLACED = "Placed"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    UNSCHEDULABLE = "Unschedulable"
+    INVALID = "Invalid"
+
+    @property
+    def terminal(self) -> bool:
+        """Final for the spec generation: a new generation plans again."""
+        return self in (WorkloadPhase.SUCCEEDED, WorkloadPhase.FAILED)
+
+    @property
+    def placed(self) -> bool:
+        """Placements are in force (pods may run)."""
+        return self in (WorkloadPhase.PLACED, WorkloadPhase.RUNNING, WorkloadPhase.SUCCEEDED)
 
 
 def parse_quantity(value: int | str, field: str = "spec.minMemoryBytes") -> int:

@@ -22,15 +22,17 @@ from exo.gpu.telemetry_protocol import GPUDeviceInfo, GPUMetrics, Vendor
 from .base import HEALTHY, BackendError, BackendUnavailable, DeviceHealth, DeviceLost
 
 
-def _first(mapping: Any, *keys: str, default: float = 0.0) -> float:
+def _first(mapping: Any, *keys: str) -> float | None:
+    """The first numeric value among ``keys`` (the library answers "N/A" for what the board
+    does not support): None when there is none, never a made-up 0."""
     if isinstance(mapping, dict):
         for key in keys:
             value = mapping.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 return float(value)
-    elif isinstance(mapping, int | float):
+    elif isinstance(mapping, int | float) and not isinstance(mapping, bool):
         return float(mapping)
-    return default
+    return None
 
 
 class AMDSMIBackend:
@@ -127,14 +129,19 @@ class AMDSMIBackend:
             clock = smi.amdsmi_get_clock_info(handle, smi.AmdSmiClkType.GFX)
         except Exception as exc:
             raise BackendError(f"amd: read {device.device_id}: {exc}", "AMDSMIError") from exc
+        utilization = _first(activity, "gfx_activity")
+        if utilization is None:
+            raise BackendError(
+                f"amd: read {device.device_id}: no gfx_activity in {activity!r}", "AMDSMIError"
+            )
         return GPUMetrics(
             device_id=device.device_id,
             timestamp=time.time(),
             memory_used_bytes=used,
             memory_total_bytes=total,
-            compute_utilization_percent=_first(activity, "gfx_activity"),
+            compute_utilization_percent=utilization,
             power_watts=_first(power, "current_socket_power", "average_socket_power"),
-            temperature_celsius=float(temperature),
+            temperature_celsius=_first(temperature),
             clock_rate_mhz=_first(clock, "clk", "cur_clk"),
         )
 
@@ -145,7 +152,7 @@ class AMDSMIBackend:
             counts = self._smi.amdsmi_get_gpu_total_ecc_count(handle)
         except Exception:
             return HEALTHY  # ECC not supported: nothing to report
-        uncorrectable = int(_first(counts, "uncorrectable_count"))
+        uncorrectable = int(_first(counts, "uncorrectable_count") or 0)
         if uncorrectable > 0:
             return DeviceHealth(
                 False, "EccUncorrectable", f"{uncorrectable} uncorrectable ECC error(s)"

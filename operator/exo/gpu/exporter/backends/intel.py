@@ -133,16 +133,19 @@ class IntelBackend:
         utilization = _column(values, "utilization")
         if utilization is None:
             raise BackendError(f"intel: no utilization for {device.device_id}", "XpuSmiError")
-        used_mib = _column(values, "memory used") or 0.0
+        used_mib = _column(values, "memory used")
+        if used_mib is None:
+            raise BackendError(f"intel: no memory used for {device.device_id}", "XpuSmiError")
+        # N/A cells (what the card does not report) stay absent, never 0.
         return GPUMetrics(
             device_id=device.device_id,
             timestamp=time.time(),
             memory_used_bytes=int(used_mib * MIB),
             memory_total_bytes=device.memory_total_bytes,
             compute_utilization_percent=utilization,
-            power_watts=_column(values, "power") or 0.0,
-            temperature_celsius=_column(values, "temperature") or 0.0,
-            clock_rate_mhz=_column(values, "frequency") or 0.0,
+            power_watts=_column(values, "power"),
+            temperature_celsius=_column(values, "temperature"),
+            clock_rate_mhz=_column(values, "frequency"),
         )
 
     def health(self, device: GPUDeviceInfo) -> DeviceHealth:

@@ -196,9 +196,11 @@ class NVMLBackend:
         try:
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
             utilization = nvml.nvmlDeviceGetUtilizationRates(handle)
-            temperature = nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)
-            power_mw = nvml.nvmlDeviceGetPowerUsage(handle)
-            clock = nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM)
+            temperature = self._optional(
+                nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU
+            )
+            power_mw = self._optional(nvml.nvmlDeviceGetPowerUsage, handle)
+            clock = self._optional(nvml.nvmlDeviceGetClockInfo, handle, nvml.NVML_CLOCK_SM)
         except nvml.NVMLError as exc:
             raise self._wrap(f"read {device.device_id}", exc) from exc
         return GPUMetrics(
@@ -207,10 +209,19 @@ class NVMLBackend:
             memory_used_bytes=int(memory.used),
             memory_total_bytes=int(memory.total),
             compute_utilization_percent=float(utilization.gpu),
-            power_watts=float(power_mw) / 1000.0,
-            temperature_celsius=float(temperature),
-            clock_rate_mhz=float(clock),
+            power_watts=None if power_mw is None else float(power_mw) / 1000.0,
+            temperature_celsius=None if temperature is None else float(temperature),
+            clock_rate_mhz=None if clock is None else float(clock),
         )
+
+    def _optional(self, call: Any, *args: Any) -> Any:
+        """``call(*args)``, or None where the board does not support the query (absent, not 0)."""
+        try:
+            return call(*args)
+        except self._nvml.NVMLError as exc:
+            if getattr(exc, "value", None) == getattr(self._nvml, "NVML_ERROR_NOT_SUPPORTED", 3):
+                return None
+            raise
 
     def health(self, device: GPUDeviceInfo) -> DeviceHealth:
         self._ensure_init()
