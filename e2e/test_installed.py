@@ -478,7 +478,8 @@ def test_helm_upgrade_with_changed_values_rolls_out(installed: Installed) -> Non
 # ------------------------------------------------------------------------------- bad input
 def _nothing_of(it: Installed, release: str, namespace: str) -> list[str]:
     """Every object still labelled with ``release``, and its Helm record."""
-    left = it.kubectl("get", "all,configmaps,serviceaccounts,roles,rolebindings,leases,jobs",
+    left = it.kubectl("get", "all,configmaps,secrets,serviceaccounts,roles,rolebindings,leases,"
+                      "jobs,networkpolicies",
                       "-n", namespace, "-l", f"app.kubernetes.io/instance={release}",
                       "-o", "name", check=False).stdout.split()
     left += it.kubectl("get", "clusterroles,clusterrolebindings,validatingadmissionpolicies,"
@@ -563,8 +564,8 @@ def test_helm_uninstall_leaves_no_object_and_no_process(installed: Installed) ->
     assert leases == [], [lease["metadata"]["name"] for lease in leases]
     devices = installed.json("get", "gpudevices")["items"]
     assert devices == [], [d["metadata"]["name"] for d in devices]
-    objects = installed.kubectl("get", "all,serviceaccounts,configmaps,roles,rolebindings",
-                                "-n", NAMESPACE, "-o", "name").stdout.split()
+    objects = installed.kubectl("get", "all,serviceaccounts,configmaps,secrets,roles,rolebindings,"
+                                "networkpolicies", "-n", NAMESPACE, "-o", "name").stdout.split()
     assert sorted(objects) == ["configmap/kube-root-ca.crt", "serviceaccount/default"]
     for component, pattern in COMPONENT_PROCESSES.items():
         assert host_processes(pattern) == [], component
