@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install binaries test unit integration lint bench crds cluster cluster-down demo clean
+.PHONY: help install binaries image test unit integration lint bench crds cluster cluster-down demo clean
 
 help:
 	@echo "make demo          local cluster with simulated GPU nodes, workloads placed and shown"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint          ruff, mypy (strict on the core), import-linter contracts"
 	@echo "make bench         benchmarks, printing their figures"
 	@echo "make crds          regenerate crds/ from the API models"
+	@echo "make image         build the image with podman (no Docker engine) and print its size"
 	@echo "make cluster       start the local control plane and keep it running"
 	@echo "make cluster-down  stop it"
 
@@ -38,6 +39,12 @@ unit: $(STAMP)
 # Control-plane binaries and helm: reused from ~/.cache/exo-gpu, built (with progress) if missing.
 binaries: $(STAMP)
 	$(BIN)/exo-gpu cluster build --helm
+
+# The Dockerfile's image, built with podman (installed from Debian when missing), from the public
+# base or, without registry access, a Debian base built with mmdebstrap. EXO_GPU_CA_BUNDLE names
+# an extra CA bundle for a TLS-intercepting proxy (a build secret, never kept in the image).
+image: $(STAMP)
+	$(BIN)/exo-gpu cluster image
 
 integration: binaries
 	$(BIN)/python -m pytest -q -m cluster tests e2e

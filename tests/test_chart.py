@@ -87,9 +87,10 @@ def render(*sets: str, namespace: str = NAMESPACE, release: str = RELEASE,
 
 
 def render_install() -> str:
-    """manifests/install.yaml as the chart renders it now (with cert-manager: a render that
-    generated certificates would differ every time and carry private keys)."""
-    body = template_text(extra=("--include-crds", "--skip-tests",
+    """manifests/install.yaml as the chart renders it now: no hooks (the uninstall cleanup Job is
+    Helm's to run), and with cert-manager (a render that generated certificates would differ
+    every time and carry private keys)."""
+    body = template_text(extra=("--include-crds", "--skip-tests", "--no-hooks",
                                 "--api-versions", CERT_MANAGER)).stdout
     return INSTALL_HEADER + body
 
@@ -103,7 +104,7 @@ def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict
 
 def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
     for doc in docs:
-        if doc["kind"] in ("DaemonSet", "Deployment"):
+        if doc["kind"] in ("DaemonSet", "Deployment", "Job"):
             yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
         elif doc["kind"] == "Pod":
             yield f"Pod/{doc['metadata']['name']}", doc["spec"]
@@ -382,7 +383,8 @@ def test_every_container_is_locked_down(sets: tuple[str, ...]) -> None:
             assert "RuntimeDefault" in (sc.get("seccompProfile", {}).get("type"), pod_seccomp)
             assert "resources" in container and container["resources"].get("limits"), name
             checked += 1
-    assert checked == 4  # exporter, controller (serving the extender), kube-scheduler, helm test
+    # exporter, controller (serving the extender), kube-scheduler, helm test, uninstall cleanup
+    assert checked == 5
 
 
 def test_no_host_paths_or_privileges_by_default() -> None:
@@ -440,6 +442,8 @@ def test_each_workload_runs_as_its_own_account_bound_to_its_roles() -> None:
     assert accounts["DaemonSet/exo-gpu-exporter"] == "exo-gpu-exporter"
     assert accounts["Deployment/exo-gpu-controller"] == "exo-gpu-controller"
     assert accounts["Deployment/exo-gpu-scheduler"] == "exo-gpu-scheduler"
+    assert bound["exo-gpu-cleanup"] == {"exo-gpu-cleanup"}
+    assert accounts["Job/exo-gpu-cleanup"] == "exo-gpu-cleanup"
 
 
 def test_admission_policy_targets_this_releases_exporter() -> None:
@@ -484,7 +488,7 @@ def test_container_command_lines_are_accepted_by_the_cli(sets: tuple[str, ...]) 
             # Parsing checks every option name, choice and range without running anything.
             command.make_context(subcommand, list(args), resilient_parsing=False)
             seen.add(subcommand)
-    assert seen == {"exporter", "controller"}
+    assert seen == {"exporter", "controller", "cleanup"}
 
 
 @pytest.mark.parametrize(("sets", "seconds"), [((), "30"), (("reportingInterval=45",), "45")])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,9 +18,13 @@ from exo.gpu.devcluster.cluster import STATE_FILE, _alive
 
 pytestmark = pytest.mark.cluster
 
+# The owner stands for `exo-gpu cluster up` stopped by Ctrl-C. A run started in the background by
+# a shell (CI runners, `nohup make test &`) inherits SIGINT ignored, and Python then installs no
+# KeyboardInterrupt handler: the owner puts Python's own back.
 _OWNER = textwrap.dedent("""
-    import json, sys, time, pathlib
+    import json, signal, sys, time, pathlib
     from exo.gpu.devcluster import LocalCluster
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cluster = LocalCluster(workdir=pathlib.Path(sys.argv[1]))
     with cluster:
         print(json.dumps(cluster.pids()), flush=True)
@@ -43,10 +49,23 @@ def _start_owner(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
                          ids=["interrupted", "killed"])
 def test_no_orphans_when_the_owner_stops(tmp_path: Path, how: signal.Signals) -> None:
     owner, pids = _start_owner(tmp_path)
-    owner.send_signal(how)
-    owner.wait(timeout=60)
-    wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=30,
-             what=f"every component to exit after {how.name}")
+    stopped = False
+    try:
+        owner.send_signal(how)
+        # The longest a stop may take: each of the five components gets its grace period to
+        # end and as long again after SIGKILL (a loaded machine needs that much; an idle one
+        # seconds).
+        owner.wait(timeout=5 * 2 * 10.0 + 30)
+        wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=30,
+                 what=f"every component to exit after {how.name}")
+        stopped = True
+    finally:  # a failure leaves no cluster running for the rest of the session
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        for pid in () if stopped else pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_cli_up_and_down(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "up": "exo.gpu.devcluster.cli:up_command",
     "plan": "exo.gpu.controller.cli:plan_command",
     "top": "exo.gpu.controller.cli:top_command",
+    "cleanup": "exo.gpu.uninstall:command",
 }
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 import click
 
 from .binaries import ensure_binaries, ensure_helm
-from .cluster import STATE_FILE, LocalCluster, stop_detached
-from .pytest_plugin import apply_crds
+from .cluster import STATE_FILE, LocalCluster, apply_crds, stop_detached
 
 _WORKDIR = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
                         default=Path(".cluster"), show_default=True,
@@ -35,6 +34,27 @@ def build(helm: bool) -> None:
         click.echo(f"{name:24} {path}")
     if helm:
         click.echo(f"{'helm':24} {ensure_helm()}")
+
+
+@command.command("image")
+@click.option("--base", default=None,
+              help="Base image for the Dockerfile (default: python:3.11-slim-bookworm when a "
+                   "registry answers, else a Debian bookworm base built from Debian packages).")
+@click.option("--extras", default=None, help="Build argument EXTRAS (default: the Dockerfile's).")
+@click.option("--ca-bundle", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None,
+              help="Extra CA bundle for a TLS-intercepting proxy, given to the build as a secret "
+                   "(default: $EXO_GPU_CA_BUNDLE, else the bundle pip uses here, if any).")
+@click.option("--force", is_flag=True, help="Build even when an image of the same inputs exists.")
+def image(base: str | None, extras: str | None, ca_bundle: Path | None, force: bool) -> None:
+    """Build the Dockerfile's image with podman (no Docker engine) and print its size."""
+    from .images import build_image
+
+    built = build_image(base=base, extras=extras, ca_bundle=ca_bundle, force=force)
+    click.echo(f"{built.reference} ({'built' if built.built else 'unchanged, reused'}; "
+               f"base {built.base})")
+    click.echo(f"tags: {', '.join(built.tags)}")
+    click.echo(f"image size: {built.size_bytes / 1e6:.0f} MB")
 
 
 @command.command("up")

@@ -116,6 +116,10 @@ class LocalCluster:
 
     ``extenders`` is the ``extenders:`` list of the KubeSchedulerConfiguration (camelCase keys, as
     in ../notes/extender-api.md); ``restart_scheduler`` swaps it on a running cluster.
+
+    The defaults suit fake nodes: the API server on loopback, no Service endpoints for itself,
+    and the admission plugins that only real nodes need off. A cluster with a real node
+    (``realnode.NodeCluster``) serves on the node's address with those plugins on.
     """
 
     workdir: Path
@@ -123,6 +127,11 @@ class LocalCluster:
     detach: bool = False
     progress: Progress = _stderr_progress
     binaries: Binaries | None = None
+    address: str = "127.0.0.1"
+    disabled_admission_plugins: Sequence[str] = ("ServiceAccount", "TaintNodesByCondition")
+    endpoint_reconciler: str = "none"
+    controllers: str = "*,-node-lifecycle-controller"  # fake nodes send no heartbeats
+    apiserver_extra_args: Sequence[str] = ()
     components: dict[str, Component] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     pki: Pki | None = None
@@ -131,7 +140,7 @@ class LocalCluster:
     # ----------------------------------------------------------------- addresses
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports['apiserver']}"
+        return f"https://{self.address}:{self.ports['apiserver']}"
 
     @property
     def kubeconfig(self) -> str:
@@ -145,7 +154,7 @@ class LocalCluster:
             self.binaries = ensure_binaries(self.progress)
         began = time.monotonic()  # the start itself, not a first build
         self.progress(f"starting the local control plane in {self.workdir}")
-        self.pki = make_pki(self.workdir / "pki")
+        self.pki = make_pki(self.workdir / "pki", extra_ips=[self.address])
         for name in ("etcd_client", "etcd_peer", "apiserver", "scheduler", "controller_manager"):
             self.ports[name] = free_port()
         self._write_kubeconfig()
@@ -277,19 +286,21 @@ class LocalCluster:
             name="kube-apiserver",
             args=[str(self.binaries.kube_apiserver),
                   f"--etcd-servers=http://127.0.0.1:{self.ports['etcd_client']}",
-                  "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                  f"--bind-address={self.address}", f"--advertise-address={self.address}",
                   f"--secure-port={port}",
                   f"--tls-cert-file={self.pki.server_cert}",
                   f"--tls-private-key-file={self.pki.server_key}",
                   f"--client-ca-file={self.pki.ca_cert}",
-                  f"--service-account-issuer=https://127.0.0.1:{port}/",
+                  f"--service-account-issuer=https://{self.address}:{port}/",
                   f"--service-account-key-file={self.pki.sa_public}",
                   f"--service-account-signing-key-file={self.pki.sa_private}",
                   "--service-cluster-ip-range=10.0.0.0/24",
                   "--authorization-mode=Node,RBAC", "--allow-privileged=true",
-                  "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
+                  *([f"--disable-admission-plugins={','.join(self.disabled_admission_plugins)}"]
+                    if self.disabled_admission_plugins else []),
                   "--profiling=false", "--enable-priority-and-fairness=false",
-                  "--endpoint-reconciler-type=none"],
+                  f"--endpoint-reconciler-type={self.endpoint_reconciler}",
+                  *self.apiserver_extra_args],
             log=self.workdir / "kube-apiserver.log", health_url=f"{self.server}/readyz"))
 
     def _start_controller_manager(self) -> None:
@@ -302,7 +313,7 @@ class LocalCluster:
                   f"--authorization-kubeconfig={self.kubeconfig}",
                   "--leader-elect=false", "--bind-address=127.0.0.1",
                   f"--secure-port={self.ports['controller_manager']}",
-                  "--controllers=*,-node-lifecycle-controller",
+                  f"--controllers={self.controllers}",
                   f"--service-account-private-key-file={self.pki.sa_private}",
                   f"--root-ca-file={self.pki.ca_cert}", "--profiling=false"],
             log=self.workdir / "kube-controller-manager.log",
@@ -405,6 +416,19 @@ def _alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
     return True
+
+
+def apply_crds(cluster: LocalCluster, folder: Path) -> list[str]:
+    """Apply every CRD YAML of ``folder`` and wait until each is Established."""
+    files = sorted(folder.glob("*.yaml"))
+    if not files:
+        return []
+    cluster.kubectl("apply", "--server-side", "--force-conflicts",
+                    *[arg for f in files for arg in ("-f", str(f))])
+    names = cluster.kubectl("get", "crd", "-o", "name").stdout.split()
+    for name in names:
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", name)
+    return names
 
 
 @contextlib.contextmanager

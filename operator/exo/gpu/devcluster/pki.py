@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,8 +128,9 @@ def make_extender_pki(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "loca
     return pki
 
 
-def make_pki(folder: Path) -> Pki:
-    """Write a CA, a serving certificate for 127.0.0.1, an admin client certificate and SA keys."""
+def make_pki(folder: Path, extra_ips: Sequence[str] = ()) -> Pki:
+    """Write a CA, a serving certificate for 127.0.0.1 (and ``extra_ips``), an admin client
+    certificate and SA keys."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("exo-gpu-local-ca")
@@ -148,6 +150,8 @@ def make_pki(folder: Path) -> Pki:
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
     ]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in dict.fromkeys(extra_ips)
+             if ip not in ("127.0.0.1", "10.0.0.1")]
     server_cert = (_builder(_name("kube-apiserver"), ca_name, server_key.public_key())
                    .add_extension(x509.SubjectAlternativeName(sans), critical=False)
                    .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),

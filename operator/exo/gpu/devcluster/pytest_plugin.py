@@ -15,21 +15,8 @@ from typing import Any
 
 import pytest
 
-from .cluster import LocalCluster, wait_for
+from .cluster import LocalCluster, apply_crds, wait_for
 from .nodes import create_gpu_node
-
-
-def apply_crds(cluster: LocalCluster, folder: Path) -> list[str]:
-    """Apply every CRD YAML of ``folder`` and wait until each is Established."""
-    files = sorted(folder.glob("*.yaml"))
-    if not files:
-        return []
-    cluster.kubectl("apply", "--server-side", "--force-conflicts",
-                    *[arg for f in files for arg in ("-f", str(f))])
-    names = cluster.kubectl("get", "crd", "-o", "name").stdout.split()
-    for name in names:
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", name)
-    return names
 
 
 @pytest.fixture(scope="session")
