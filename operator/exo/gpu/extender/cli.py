@@ -17,13 +17,14 @@ import click
 
 from exo.gpu.policy import DEFAULT_POLICY, SelectionPolicy
 
+from .judged import SCHEDULER_NAME
 from .server import MAX_BODY_BYTES, ServingTLS, serving_tls
 
 
 async def serve(kubeconfig: str | None, host: str, port: int, tls: ServingTLS | None,
                 stop: asyncio.Event | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-                reporting_interval: float = DEFAULT_POLICY.reporting_interval_seconds
-                ) -> None:
+                reporting_interval: float = DEFAULT_POLICY.reporting_interval_seconds,
+                scheduler_names: tuple[str, ...] = (SCHEDULER_NAME,)) -> None:
     """Serve the extender until ``stop``; ``tls`` None is plain HTTP (asked for by name)."""
     from kubernetes import client, config
 
@@ -43,7 +44,7 @@ async def serve(kubeconfig: str | None, host: str, port: int, tls: ServingTLS | 
     informer = Informer(view, api).start()
     binder = Binder(view, bind_client(kubeconfig))
     server = ExtenderServer(view, binder, ready=informer.synced.is_set,
-                            max_body_bytes=max_body_bytes)
+                            max_body_bytes=max_body_bytes, scheduler_names=scheduler_names)
     runner = await start_site(server.app(), host, port, tls)
     logging.getLogger(__name__).info("extender serving %s on %s:%d",
                                      "mutual TLS" if tls else "plain HTTP", host, port)
@@ -97,6 +98,11 @@ _TLS_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--max-request-bytes",), {
         "type": click.IntRange(min=1024), "default": MAX_BODY_BYTES, "show_default": True,
         "help": "Largest extender request body; larger ones are answered 413."}),
+    (("--scheduler-name",), {
+        "multiple": True, "default": (SCHEDULER_NAME,), "show_default": True,
+        "help": "spec.schedulerName of the pods the extender binds (repeatable); a bind of "
+                "any other pod is refused. With your own kube-scheduler extended, its name "
+                "(default-scheduler)."}),
 ]
 
 
@@ -139,11 +145,11 @@ def tls_from_options(tls_cert: str | None, tls_key: str | None, tls_client_ca: s
 @click.option("--log-level", default="INFO", show_default=True)
 def command(kubeconfig: str | None, host: str, port: int, tls_cert: str | None,
             tls_key: str | None, tls_client_ca: str | None, tls_client_name: tuple[str, ...],
-            plain_http: bool, max_request_bytes: int, reporting_interval: float,
-            log_level: str) -> None:
+            plain_http: bool, max_request_bytes: int, scheduler_name: tuple[str, ...],
+            reporting_interval: float, log_level: str) -> None:
     """Serve kube-scheduler's extender verbs (filter, prioritize, bind) for GPU pods."""
     tls = tls_from_options(tls_cert, tls_key, tls_client_ca, tls_client_name, plain_http)
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(serve(kubeconfig, host, port, tls, max_body_bytes=max_request_bytes,
-                      reporting_interval=reporting_interval))
+                      reporting_interval=reporting_interval, scheduler_names=scheduler_name))

@@ -8,9 +8,14 @@ memory after what others hold and measured use, or, without that annotation, the
 (nobody else holds any of it). Memory the pod's own workload holds for it (its plan) is the
 pod's to take.
 
-Nodes fail with a reason a user can act on. Reasons that preemption cannot cure (no devices,
-vendor, health, temperature, staleness, a device too small whatever happens) go to
-``FailedAndUnresolvableNodes``; memory held by others goes to ``FailedNodes``.
+Nodes fail with a reason a user can act on. The outcome keeps apart the nodes where only memory
+held by others stands in the way (``failed``: evicting its holders could make room) from those
+where nothing would help (no devices, vendor, health, temperature, staleness, a device too small
+whatever happens). kube-scheduler's own preemption cannot find GPU victims, so the server answers
+both as ``FailedAndUnresolvableNodes`` and exo-gpu's preemption starts from ``failed``
+(``extender.judged``, ``extender.preemptor``).
+
+A pod's own pending hold (:func:`own_hold`) is the pod's to take.
 """
 
 from __future__ import annotations
@@ -44,10 +49,21 @@ def fit_request(pod: PodRequest) -> FitRequest:
     )
 
 
-def judge_node(view: ClusterView, request: FitRequest, node: str, now: float) -> NodeVerdict:
+def judge_node(view: ClusterView, request: FitRequest, node: str, now: float,
+               own: tuple[str, ...] | None = None) -> NodeVerdict:
     """The devices the request would get on ``node`` (best score first, ties by name), or why
-    not (the core's ``choose``)."""
-    return view.state.choose(node, request, now)
+    not (the core's ``choose``); ``own``: :func:`own_hold`."""
+    return view.state.choose(node, request, now, without=own)
+
+
+def own_hold(view: ClusterView, pod: PodRequest) -> tuple[str, ...] | None:
+    """``(uid,)`` when the ledger already holds memory for this pending pod (a preemption hold,
+    or a reservation kept after a bind whose answer was lost): that memory is the pod's own, so
+    it is judged without it. None otherwise (the fast path), and for a workload's pod, whose
+    request already leaves out what its workload holds."""
+    if not pod.uid or pod.workload or pod.uid not in view.reservations:
+        return None
+    return (pod.uid,)
 
 
 @dataclass(slots=True)
@@ -66,13 +82,15 @@ def filter_nodes(view: ClusterView, pod: PodRequest, node_names: Iterable[str], 
     wanted = request.devices
     known = view.state.nodes
     policy = view.state.policy
+    own = own_hold(view, pod)
     passed, verdicts = outcome.passed, outcome.verdicts
     for node in node_names:
         devices = known.get(node)
         if not devices:
             outcome.unresolvable[node] = NO_DEVICES
             continue
-        verdict = choose(devices, request, now, policy)
+        verdict = choose(devices, request, now, policy) if own is None else \
+            judge_node(view, request, node, now, own)
         verdicts[node] = verdict
         if len(verdict.devices) >= wanted:
             passed.append(node)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from exo.gpu.fit import choose
 from exo.gpu.k8s.view import ClusterView
 
-from .filter import NodeVerdict, fit_request
+from .filter import NodeVerdict, fit_request, judge_node, own_hold
 from .wire import PodRequest
 
 
@@ -27,11 +27,13 @@ def prioritize_nodes(view: ClusterView, pod: PodRequest, node_names: Iterable[st
     request = fit_request(pod)
     wanted = request.devices
     nodes, policy = view.state.nodes, view.state.policy
+    own = own_hold(view, pod)
     scores: dict[str, int] = {}
     for node in node_names:
         verdict = known.get(node) if known is not None else None
         if verdict is None:
-            verdict = choose(nodes.get(node, ()), request, now, policy)
+            verdict = choose(nodes.get(node, ()), request, now, policy) if own is None else \
+                judge_node(view, request, node, now, own)
         devices = verdict.devices
         scores[node] = devices[wanted - 1].priority if len(devices) >= wanted else 0
     return scores
