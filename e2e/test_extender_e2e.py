@@ -19,7 +19,12 @@ import pytest
 from kubernetes import client
 
 from exo.gpu.devcluster import LocalCluster, wait_for
-from exo.gpu.devcluster.cluster import extender_entry, free_port, scheduler_tls_config
+from exo.gpu.devcluster.cluster import (
+    SCHEDULER_NAME,
+    extender_entry,
+    free_port,
+    scheduler_tls_config,
+)
 from exo.gpu.devcluster.pki import ExtenderPki
 from exo.gpu.extender.cli import serve
 from exo.gpu.extender.server import ServingTLS
@@ -60,7 +65,8 @@ class ExtenderThread:
             ready.set()
             tls = ServingTLS(str(self.pki.server_cert), str(self.pki.server_key),
                              str(self.pki.ca_cert))
-            await serve(self.kubeconfig, "127.0.0.1", self.port, tls, self.stop_event)
+            await serve(self.kubeconfig, "127.0.0.1", self.port, tls, self.stop_event,
+                        scheduler_names=(SCHEDULER_NAME,))
 
         self.thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
         self.thread.start()

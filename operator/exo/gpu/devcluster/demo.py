@@ -28,7 +28,14 @@ from typing import Any
 
 import yaml
 
-from .cluster import LocalCluster, extender_entry, free_port, scheduler_tls_config, wait_for
+from .cluster import (
+    SCHEDULER_NAME,
+    LocalCluster,
+    extender_entry,
+    free_port,
+    scheduler_tls_config,
+    wait_for,
+)
 from .nodes import create_gpu_node
 
 Say = Callable[[str], None]
@@ -160,7 +167,7 @@ class Demo:
                     "--metrics-port", str(free_port()),
                     "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
                     "--no-leader-elect", "--extender-host", "127.0.0.1",
-                    "--extender-port", str(port), *tls)
+                    "--extender-port", str(port), "--scheduler-name", SCHEDULER_NAME, *tls)
         self.say(f"started {len(fleet['nodes'])} simulated exporters and the controller "
                  f"(logs in {self.workdir})")
         if self.cluster is None or pki is None:

@@ -241,6 +241,7 @@ class ExtenderServer:
         if refusal is not None:
             raise BindRefused(refusal)
         await self.binder.bind(args, self.clock(), pod)
+        self.judged.forget(args.pod_uid)  # bound: a second bind of it is refused
         self.metrics.binds.labels("bound").inc()
         return _json(binding_result())
 
