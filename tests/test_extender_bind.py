@@ -18,7 +18,6 @@ from exo.gpu.extender.bind import READ_BACK_ATTEMPTS, Binder, BindError, maybe_a
 from exo.gpu.extender.judged import (
     JUDGED_TTL_S,
     MAX_PREEMPTION_NODES,
-    REJUDGE_WINDOW_S,
     SCHEDULER_NAME,
     Judged,
     bind_refusal,
@@ -38,19 +37,17 @@ def ours(uid: str = "u1", **changes: Any) -> PodRequest:
 
 
 # ------------------------------------------------------------------------------ admission
-@pytest.mark.parametrize(("request_", "judged", "rejudging", "refusal"), [
-    (ours(), True, False, None),
-    (ours(), False, True, None),  # a filter answered before a restart: judged again
-    (ours(scheduler_name="default-scheduler"), True, False,
+@pytest.mark.parametrize(("request_", "judged", "refusal"), [
+    (ours(), True, None),
+    (ours(scheduler_name="default-scheduler"), True,
      "is scheduled by 'default-scheduler', not by exo-gpu-scheduler"),
-    (ours(scheduler_name="other"), False, True, "is scheduled by 'other'"),
-    (ours(gpus=0), True, False, "asks for no gpu.exo.dev/gpu"),
-    (ours(node_name="n"), True, False, "is already bound to n"),
-    (ours(), False, False, "was never filtered by this extender"),
+    (ours(scheduler_name="other"), False, "is scheduled by 'other'"),
+    (ours(gpus=0), True, "asks for no gpu.exo.dev/gpu"),
+    (ours(node_name="n"), True, "is already bound to n"),
+    (ours(), False, "was never filtered by this extender"),
 ])
-def test_bind_refusal(request_: PodRequest, judged: bool, rejudging: bool,
-                      refusal: str | None) -> None:
-    answer = bind_refusal(request_, OURS, judged, rejudging)
+def test_bind_refusal(request_: PodRequest, judged: bool, refusal: str | None) -> None:
+    answer = bind_refusal(request_, OURS, judged)
     if refusal is None:
         assert answer is None
     else:
@@ -81,17 +78,6 @@ class TestJudged:
             judged.remember(ours(uid), ["n"], [])
         assert (judged.get("a"), len(judged)) == (None, 2)
         assert judged.get("b") is not None and judged.get("c") is not None
-
-    def test_the_rejudging_window_starts_with_the_first_answer(self) -> None:
-        clock = Clock()
-        judged = Judged(clock=clock)
-        assert not judged.rejudging()  # nothing answered yet
-        judged.answering()
-        clock.now += REJUDGE_WINDOW_S - 1
-        judged.answering()  # a later answer does not move the start
-        assert judged.rejudging()
-        clock.now += 2
-        assert not judged.rejudging()
 
     def test_only_pods_no_node_took_are_preemption_candidates(self) -> None:
         clock = Clock()
@@ -286,24 +272,19 @@ class TestBindVerb:
     """kube-scheduler reads a bind's outcome from ``Error`` in a 200 answer."""
 
     @pytest.fixture
-    def server(self) -> tuple[ExtenderServer, FakeAPI, Clock]:
+    def server(self) -> tuple[ExtenderServer, FakeAPI]:
         posted: list[dict[str, Any]] = []
         api = FakeAPI(posted.append, [ApiError(404, "NotFound", "no such pod")], by_name={
             "pod-never": api_pod("never"), "pod-ok": api_pod("ok", node="n"),
             "pod-batch": api_pod("batch", "batch")})
-        clock = Clock()
-        server = ExtenderServer(view_of(device("n", 0)), Binder(view_of(), api),  # type: ignore
-                                clock=lambda: NOW)
-        server.binder.view = server.view  # type: ignore[union-attr]
-        server.judged = Judged(clock=clock)
-        return server, api, clock
+        view = view_of(device("n", 0))
+        return ExtenderServer(view, Binder(view, api), clock=lambda: NOW), api  # type: ignore
 
     async def test_binds_what_it_filtered_and_refuses_the_rest(
-            self, server: tuple[ExtenderServer, FakeAPI, Clock], pki: ExtenderPki) -> None:
-        extender, api, clock = server
+            self, server: tuple[ExtenderServer, FakeAPI], pki: ExtenderPki) -> None:
+        extender, api = server
         async with mutual_tls_client(extender, pki) as client:
             assert (await post(client, "filter", filter_body("ok")))[0] == 200
-            clock.now += REJUDGE_WINDOW_S + 1  # past the window after the first answer
             status, reply = await post(client, "bind", bind_body("ok"))
             assert (status, reply) == (200, {"Error": ""})
             assert api.calls == ["POST"]
@@ -328,7 +309,7 @@ class TestBindVerb:
     @pytest.mark.parametrize("body", [{"PodName": "p"}, [], {"PodName": 1, "PodNamespace": "ns",
                                                              "PodUID": "u", "Node": "n"}])
     async def test_a_malformed_bind_names_the_field(
-            self, server: tuple[ExtenderServer, FakeAPI, Clock], body: Any,
+            self, server: tuple[ExtenderServer, FakeAPI], body: Any,
             pki: ExtenderPki) -> None:
         async with mutual_tls_client(server[0], pki) as client:
             status, reply = await post(client, "bind", orjson.dumps(body))

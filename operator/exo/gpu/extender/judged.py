@@ -5,13 +5,15 @@ filter saw (:class:`Judged`: the pod's request, when, and the nodes where only m
 others stood in the way), bounded in number (``JUDGED_SIZE``) and age (``JUDGED_TTL_S``).
 
 - ``/bind`` asks :func:`bind_refusal`: it binds a pod only when the pod is scheduled by the exo-gpu
-  scheduler (``--scheduler-name``, the chart's ``scheduler.schedulerName``), asks for
-  ``gpu.exo.dev/gpu``, is not bound yet, and was judged by this extender's filter. For a short
-  while after the extender starts answering (``REJUDGE_WINDOW_S``) a pod it has not filtered is
-  read from the API and judged again instead: its filter may have been answered by the process
-  that ran before a restart. Anything else is refused with the reason; a refused bind costs
-  nothing but a retry, since kube-scheduler filters a pod again before it binds it again. The
-  device choice itself is judged again at bind in every case (``bind.reserve``).
+  scheduler (``--scheduler-name``, the chart's ``controller.extender.schedulerNames``), asks for
+  ``gpu.exo.dev/gpu``, is not bound yet, and was judged by this extender's filter (the filter's
+  copy of the pod is the one checked; a pod the extender never filtered is read from the API for
+  the reason only). Anything else is refused with the reason. A pod filtered by the process that
+  ran before a restart is refused too: kube-scheduler filters a pod again before it binds it
+  again, so a refused bind costs one retry, and kube-scheduler's other filters (taints,
+  affinity), which the extender cannot judge again, are never bypassed. The device choice itself
+  is judged again at bind in every case (``bind.reserve``). Once bound, the judgement is
+  forgotten: a second bind of the pod is refused.
 - exo-gpu's preemption (``preemptor.Preemptor``) starts from the pods that no node could take and
   that failed on some nodes only for memory held by others (:attr:`Judgement.resolvable`).
   kube-scheduler sends the extender only the nodes that passed its own filters (CPU, memory,
@@ -32,7 +34,6 @@ __all__ = [
     "JUDGED_SIZE",
     "JUDGED_TTL_S",
     "MAX_PREEMPTION_NODES",
-    "REJUDGE_WINDOW_S",
     "SCHEDULER_NAME",
     "Judged",
     "Judgement",
@@ -47,9 +48,6 @@ JUDGED_SIZE = 10_000
 #: Seconds a judgement is kept: kube-scheduler retries an unschedulable pod at least every
 #: 5 minutes (``podMaxInUnschedulablePodsDuration``), so a pending pod's record stays fresh.
 JUDGED_TTL_S = 600.0
-#: Seconds after the extender first answers during which a bind of a pod it never filtered is
-#: judged again from the API (a filter answered by the process before a restart).
-REJUDGE_WINDOW_S = 30.0
 #: Nodes remembered per pod for preemption: kube-scheduler's own preemption looks at no more
 #: than 100 candidate nodes (``minCandidateNodesAbsolute``) or 10 % of the cluster.
 MAX_PREEMPTION_NODES = 100
@@ -77,20 +75,9 @@ class Judged:
             raise ValueError(f"size and ttl_s must be positive, got {size}, {ttl_s}")
         self.size, self.ttl_s, self.clock = size, ttl_s, clock
         self._pods: OrderedDict[str, Judgement] = OrderedDict()
-        self._first_answer: float | None = None
 
     def __len__(self) -> int:
         return len(self._pods)
-
-    def answering(self) -> None:
-        """The extender answers a verb: the re-judging window starts with the first one."""
-        if self._first_answer is None:
-            self._first_answer = self.clock()
-
-    def rejudging(self) -> bool:
-        """Whether a bind of a pod never filtered here is still judged again (the window)."""
-        return self._first_answer is not None and \
-            self.clock() - self._first_answer < REJUDGE_WINDOW_S
 
     def remember(self, pod: PodRequest, passed: Collection[str],
                  resolvable: Iterable[str]) -> None:
@@ -127,13 +114,9 @@ class Judged:
         return [j for j in reversed(self._pods.values()) if j.resolvable]
 
 
-def bind_refusal(pod: PodRequest, schedulers: Collection[str], judged: bool,
-                 rejudging: bool) -> str | None:
-    """Why ``/bind`` must not bind ``pod`` (None: it may, its device judged again at bind).
-
-    ``judged``: this extender's filter saw the pod; ``rejudging``: the window after a start in
-    which a pod it never filtered is judged again from the API (:meth:`Judged.rejudging`).
-    """
+def bind_refusal(pod: PodRequest, schedulers: Collection[str], judged: bool) -> str | None:
+    """Why ``/bind`` must not bind ``pod`` (None: it may, its device judged again at bind);
+    ``judged``: this extender's filter saw the pod (see the module docstring)."""
     if pod.scheduler_name not in schedulers:
         return (f"pod {pod.key} is scheduled by {pod.scheduler_name!r}, not by "
                 f"{', '.join(sorted(schedulers))} (--scheduler-name): exo-gpu binds only the "
@@ -143,7 +126,7 @@ def bind_refusal(pod: PodRequest, schedulers: Collection[str], judged: bool,
                 "it filtered")
     if pod.node_name:
         return f"pod {pod.key} is already bound to {pod.node_name}"
-    if not judged and not rejudging:
+    if not judged:
         return (f"pod {pod.key} was never filtered by this extender: it binds only pods it "
                 "judged in /filter (kube-scheduler filters a pod again before it binds it)")
     return None

@@ -151,7 +151,6 @@ class ExtenderServer:
         started = time.perf_counter()
         try:
             self._require_synced()
-            self.judged.answering()
             response = await decide(body)
         except NotSynced as error:
             response = self._failed(verb, "not_synced", error_reply, str(error), 503)
@@ -236,8 +235,7 @@ class ExtenderServer:
             raise BindError("this extender was started without API access: cannot bind")
         judgement = self.judged.get(args.pod_uid)
         pod = judgement.pod if judgement is not None else await self.binder.read(args)
-        refusal = bind_refusal(pod, self.scheduler_names, judgement is not None,
-                               self.judged.rejudging())
+        refusal = bind_refusal(pod, self.scheduler_names, judgement is not None)
         if refusal is not None:
             raise BindRefused(refusal)
         await self.binder.bind(args, self.clock(), pod)
