@@ -15,6 +15,7 @@ The extender serves mutual TLS (``--tls-cert``, ``--tls-key``, ``--tls-client-ca
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -52,14 +53,20 @@ def extender_sidecar(host: str, port: int, tls: ServingTLS | None, kubeconfig: s
                     ) -> Callable[[], Awaitable[None]]:
         from exo.gpu.extender.bind import Binder
         from exo.gpu.extender.cli import bind_client
+        from exo.gpu.extender.preemptor import Preemptor
         from exo.gpu.extender.server import ExtenderServer, start_site
 
         binder = Binder(view, bind_client(kubeconfig))
         server = ExtenderServer(view, binder, metrics, ready=ready, max_body_bytes=max_body_bytes,
                                 scheduler_names=scheduler_names)
         runner = await start_site(server.app(), host, port, tls)
+        stopping = asyncio.Event()
+        preempting = asyncio.get_running_loop().create_task(
+            Preemptor(view, server.judged, binder.client, ready=ready).run(stopping))
 
         async def stop() -> None:
+            stopping.set()
+            await preempting
             await runner.cleanup()
             await binder.close()
 

@@ -32,6 +32,7 @@ async def serve(kubeconfig: str | None, host: str, port: int, tls: ServingTLS | 
     from exo.gpu.k8s.view import ClusterView
 
     from .bind import Binder
+    from .preemptor import Preemptor
     from .server import ExtenderServer, start_site
 
     configuration = client.Configuration()
@@ -46,10 +47,12 @@ async def serve(kubeconfig: str | None, host: str, port: int, tls: ServingTLS | 
     server = ExtenderServer(view, binder, ready=informer.synced.is_set,
                             max_body_bytes=max_body_bytes, scheduler_names=scheduler_names)
     runner = await start_site(server.app(), host, port, tls)
+    stop = stop or asyncio.Event()
+    preempting = asyncio.get_running_loop().create_task(
+        Preemptor(view, server.judged, binder.client, ready=informer.synced.is_set).run(stop))
     logging.getLogger(__name__).info("extender serving %s on %s:%d",
                                      "mutual TLS" if tls else "plain HTTP", host, port)
     freezer = asyncio.get_running_loop().create_task(_freeze_after_sync(informer))
-    stop = stop or asyncio.Event()
     if threading.current_thread() is threading.main_thread():
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -58,6 +61,7 @@ async def serve(kubeconfig: str | None, host: str, port: int, tls: ServingTLS | 
         await stop.wait()
     finally:
         freezer.cancel()
+        await preempting
         informer.stop()
         await runner.cleanup()
         await binder.close()
