@@ -7,6 +7,7 @@ running the extender apart (and for tests of the extender alone).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -61,7 +62,9 @@ async def serve(kubeconfig: str | None, host: str, port: int, tls: ServingTLS | 
         await stop.wait()
     finally:
         freezer.cancel()
-        await preempting
+        preempting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await preempting
         informer.stop()
         await runner.cleanup()
         await binder.close()
