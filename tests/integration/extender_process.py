@@ -50,7 +50,7 @@ class ExtenderProcess:
                  "--tls-key", str(self.pki.server_key), "--tls-client-ca", str(self.pki.ca_cert),
                  "--scheduler-name", SCHEDULER_NAME],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._ready, timeout=60, what="the extender process to be ready")
+        wait_for(self._ready, timeout=180, what="the extender process to be ready")
         return self
 
     def _ready(self) -> bool:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from extender_process import ExtenderProcess, create, devices, events
+from extender_process import ExtenderProcess, create, devices, events, extender
 from kubernetes import client
 
 from exo.gpu.devcluster import LocalCluster, wait_for
@@ -39,7 +39,7 @@ from exo.gpu.devcluster.cluster import (
 )
 from exo.gpu.k8s.aioclient import ApiError
 
-__all__ = ["devices"]  # a fixture
+__all__ = ["devices", "extender"]  # fixtures
 
 pytestmark = pytest.mark.cluster
 

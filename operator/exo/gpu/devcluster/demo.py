@@ -173,7 +173,7 @@ class Demo:
         if self.cluster is None or pki is None:
             return
         url = f"https://127.0.0.1:{port}"
-        wait_for(lambda: _http_ok(f"{url}/readyz", str(pki.ca_cert)), timeout=60,
+        wait_for(lambda: _http_ok(f"{url}/readyz", str(pki.ca_cert)), timeout=self.timeout,
                  what="the controller's scheduler extender to be ready")
         self.cluster.restart_scheduler([extender_entry(url, scheduler_tls_config(pki))])
         self.say("kube-scheduler now asks the exo-gpu extender about GPU pods (mutual TLS)")
