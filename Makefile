@@ -6,12 +6,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install binaries image test unit integration lint bench crds cluster cluster-down demo clean
+.PHONY: help install binaries image test unit integration chaos lint bench crds cluster cluster-down demo clean
 
 help:
 	@echo "make demo          local cluster with simulated GPU nodes, workloads placed and shown"
 	@echo "make test          lint + every test tier (unit, integration, e2e); what CI runs"
 	@echo "make unit          unit tier only (no cluster)"
+	@echo "make chaos         the long fault soaks (left out of make test)"
 	@echo "make integration   tiers that need the local control plane"
 	@echo "make lint          ruff, mypy (strict on the core), import-linter contracts"
 	@echo "make bench         benchmarks, printing their figures"
@@ -47,10 +48,14 @@ image: $(STAMP)
 	$(BIN)/exo-gpu cluster image
 
 integration: binaries
-	$(BIN)/python -m pytest -q -m cluster tests e2e
+	$(BIN)/python -m pytest -q -m "cluster and not chaos" tests e2e
 
 test: lint binaries
-	$(BIN)/python -m pytest -q tests e2e
+	$(BIN)/python -m pytest -q -m "not chaos" tests e2e
+
+# The long fault soaks (issue rows at full size).
+chaos: binaries
+	$(BIN)/python -m pytest -q -m chaos tests e2e
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,18 +18,16 @@ import pytest
 from kubernetes import client
 
 from exo.gpu.devcluster import LocalCluster, wait_for
-from exo.gpu.devcluster.cluster import extender_entry, free_port, scheduler_tls_config
+from exo.gpu.devcluster.cluster import (
+    SCHEDULER_NAME,
+    extender_entry,
+    free_port,
+    scheduler_tls_config,
+)
+from exo.gpu.devcluster.nodes import publish_device
 from exo.gpu.devcluster.pki import ExtenderPki
 from exo.gpu.extender.cli import serve
 from exo.gpu.extender.server import ServingTLS
-from exo.gpu.k8s.models import (
-    Condition,
-    DeviceMetrics,
-    GPUDevice,
-    GPUDeviceStatus,
-    to_time,
-)
-from exo.gpu.telemetry_protocol import GPUDeviceInfo, GPUMetrics, Vendor
 
 pytestmark = pytest.mark.cluster
 
@@ -60,7 +57,8 @@ class ExtenderThread:
             ready.set()
             tls = ServingTLS(str(self.pki.server_cert), str(self.pki.server_key),
                              str(self.pki.ca_cert))
-            await serve(self.kubeconfig, "127.0.0.1", self.port, tls, self.stop_event)
+            await serve(self.kubeconfig, "127.0.0.1", self.port, tls, self.stop_event,
+                        scheduler_names=(SCHEDULER_NAME,))
 
         self.thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
         self.thread.start()
@@ -93,34 +91,6 @@ def extender(kube_cluster: LocalCluster) -> Iterator[ExtenderThread]:
     yield running
     kube_cluster.restart_scheduler([])
     running.stop()
-
-
-def publish_device(api: Any, node: str, index: int, *, vendor: str = "nvidia",
-                   total: int = 40 * GIB, used: int = 0, util: float = 0.0,
-                   temp: float = 45.0) -> str:
-    """Create a GPUDevice with fresh metrics, as the node's exporter would."""
-    import time
-
-    info = GPUDeviceInfo(device_id="x", vendor=Vendor(vendor), name="Sim GPU 40GB",
-                         memory_total_bytes=total, uuid=f"GPU-{uuid.uuid4()}")
-    obj = GPUDevice.from_info(info, node, index, 100.0)
-    custom = client.CustomObjectsApi(api)
-    created = custom.create_cluster_custom_object("gpu.exo.dev", "v1alpha1", "gpudevices",
-                                                  obj.to_api())
-    now = time.time()
-    status = GPUDeviceStatus(
-        metrics=DeviceMetrics.from_sample(GPUMetrics(
-            device_id=obj.name, timestamp=now, memory_used_bytes=used, memory_total_bytes=total,
-            compute_utilization_percent=util, power_watts=100.0, temperature_celsius=temp,
-            clock_rate_mhz=1500)),
-        last_heartbeat_time=to_time(now),
-        conditions=[Condition(type="Ready", status="True", reason="Reporting", message="",
-                              last_transition_time=to_time(now))])
-    custom.patch_cluster_custom_object_status(
-        "gpu.exo.dev", "v1alpha1", "gpudevices", obj.name,
-        {"metadata": {"resourceVersion": created["metadata"]["resourceVersion"]},
-         "status": status.to_api()})
-    return obj.name
 
 
 @pytest.fixture

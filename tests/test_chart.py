@@ -223,6 +223,7 @@ def test_schema_refuses_a_typo(setting: str, path: str) -> None:
     ("controller.extender.tls.certificateDays=0", "/controller/extender/tls/certificateDays"),
     ("controller.extender.tls.issuerRef.kind=Secret", "/controller/extender/tls/issuerRef/kind"),
     ("controller.extender.maxRequestBytes=100", "/controller/extender/maxRequestBytes"),
+    ("controller.extender.schedulerNames={Bad_Name}", "/controller/extender/schedulerNames/0"),
     ("networkPolicy.prometheusNamespace=Mon_itoring", "/networkPolicy/prometheusNamespace"),
     ("json:networkPolicy.extenderPeers={\"ipBlock\":1}", "/networkPolicy/extenderPeers"),
 ])
@@ -754,6 +755,21 @@ def test_request_limit_reaches_the_extender() -> None:
     docs = render("controller.extender.maxRequestBytes=16777216")
     controller = find(docs, "Deployment", "exo-gpu-controller")["spec"]["template"]["spec"]
     assert "--max-request-bytes=16777216" in controller["containers"][0]["args"]
+
+
+@pytest.mark.parametrize(("sets", "names"), [
+    ((), ["exo-gpu-scheduler"]),
+    (("scheduler.schedulerName=gpu-scheduler",), ["gpu-scheduler"]),
+    (("scheduler.enabled=false", "networkPolicy.enabled=false",
+      "controller.extender.schedulerNames={default-scheduler,batch}"),
+     ["default-scheduler", "batch"]),
+])
+def test_the_extender_binds_the_pods_of_the_named_schedulers(sets: tuple[str, ...],
+                                                              names: list[str]) -> None:
+    docs = render(*sets)
+    controller = find(docs, "Deployment", "exo-gpu-controller")["spec"]["template"]["spec"]
+    args = controller["containers"][0]["args"]
+    assert [a.split("=", 1)[1] for a in args if a.startswith("--scheduler-name=")] == names
 
 
 # ------------------------------------------------------------------------------- network

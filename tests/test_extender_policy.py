@@ -224,7 +224,10 @@ class TestLedgerFromPods:
         view.resync_pods([self.bound("a", "n-nvidia-0", GIB), self.bound("b", "n-nvidia-0", GIB),
                           self.bound("c", "n-nvidia-0", GIB, phase="Succeeded")])
         assert view.reserved_by_device == {"n-nvidia-0": 2 * GIB}
-        view.apply_pod(self.bound("a", "n-nvidia-0", GIB, deleting=True))
+        deleting = self.bound("a", "n-nvidia-0", GIB, deleting=True)
+        view.apply_pod(deleting)  # Terminating: may still use the device in its grace period
+        assert view.reserved_by_device == {"n-nvidia-0": 2 * GIB}
+        view.remove_pod(deleting)  # gone
         assert view.reserved_by_device == {"n-nvidia-0": GIB}
         view.resync_pods([])  # b vanished while the watch was down
         assert view.reserved_by_device == {}

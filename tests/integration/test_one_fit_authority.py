@@ -34,7 +34,12 @@ from exo.gpu.app import extender_sidecar
 from exo.gpu.controller.controller import Controller, ControllerConfig
 from exo.gpu.controller.runner import LeaderSettings, run_operator
 from exo.gpu.devcluster import LocalCluster, wait_for
-from exo.gpu.devcluster.cluster import extender_entry, free_port, scheduler_tls_config
+from exo.gpu.devcluster.cluster import (
+    SCHEDULER_NAME,
+    extender_entry,
+    free_port,
+    scheduler_tls_config,
+)
 from exo.gpu.extender.metrics import ExtenderMetrics
 from exo.gpu.extender.server import MAX_BODY_BYTES, ServingTLS
 from exo.gpu.k8s.informer import Informer
@@ -80,7 +85,7 @@ class Composed:
         pki = self.cluster.extender_pki()
         tls = ServingTLS(str(pki.server_cert), str(pki.server_key), str(pki.ca_cert))
         start = extender_sidecar("127.0.0.1", self.port, tls, self.cluster.kubeconfig,
-                                 ExtenderMetrics(), MAX_BODY_BYTES)
+                                 ExtenderMetrics(), MAX_BODY_BYTES, (SCHEDULER_NAME,))
         stop_extender = await start(self.view, api, informer.synced.is_set)
         self.serving.set()
         try:

@@ -426,7 +426,7 @@ def extender(release: Release, kube_cluster: LocalCluster,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Extender]:
     """The controller process serving the extender as the chart runs it, with the Secrets the
     chart created; kube-scheduler configured with the chart's client Secret."""
-    from exo.gpu.devcluster.cluster import extender_entry, free_port
+    from exo.gpu.devcluster.cluster import SCHEDULER_NAME, extender_entry, free_port
 
     folder = tmp_path_factory.mktemp("chart-tls")
     files: dict[str, Path] = {}
@@ -446,7 +446,7 @@ def extender(release: Release, kube_cluster: LocalCluster,
              "--extender-port", str(port), "--max-request-bytes", str(8 * 1024**2),
              "--tls-cert", str(files["server/tls.crt"]), "--tls-key", str(files["server/tls.key"]),
              "--tls-client-ca", str(files["server/ca.crt"]),
-             "--tls-client-name", "exo-gpu-scheduler"],
+             "--tls-client-name", "exo-gpu-scheduler", "--scheduler-name", SCHEDULER_NAME],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     running = Extender(url=f"https://127.0.0.1:{port}",
                        metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", files=files)

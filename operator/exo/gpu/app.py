@@ -15,6 +15,7 @@ The extender serves mutual TLS (``--tls-cert``, ``--tls-key``, ``--tls-client-ca
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from exo.gpu.controller import cli as controller_cli
 from exo.gpu.extender.cli import tls_from_options, tls_params
+from exo.gpu.extender.judged import SCHEDULER_NAME
 from exo.gpu.extender.metrics import ExtenderMetrics
 from exo.gpu.extender.server import ServingTLS
 from exo.gpu.k8s.view import ClusterView
@@ -41,20 +43,30 @@ class _Forward(Collector):
 
 
 def extender_sidecar(host: str, port: int, tls: ServingTLS | None, kubeconfig: str | None,
-                     metrics: ExtenderMetrics, max_body_bytes: int) -> controller_cli.Sidecar:
-    """Serve the extender from the controller's view (see ``controller.cli.Sidecar``)."""
+                     metrics: ExtenderMetrics, max_body_bytes: int,
+                     scheduler_names: tuple[str, ...] = (SCHEDULER_NAME,)
+                     ) -> controller_cli.Sidecar:
+    """Serve the extender from the controller's view (see ``controller.cli.Sidecar``);
+    ``scheduler_names``: whose pods it binds (``--scheduler-name``)."""
 
     async def start(view: ClusterView, api_client: Any, ready: Callable[[], bool]
                     ) -> Callable[[], Awaitable[None]]:
         from exo.gpu.extender.bind import Binder
         from exo.gpu.extender.cli import bind_client
+        from exo.gpu.extender.preemptor import Preemptor
         from exo.gpu.extender.server import ExtenderServer, start_site
 
         binder = Binder(view, bind_client(kubeconfig))
-        server = ExtenderServer(view, binder, metrics, ready=ready, max_body_bytes=max_body_bytes)
+        server = ExtenderServer(view, binder, metrics, ready=ready, max_body_bytes=max_body_bytes,
+                                scheduler_names=scheduler_names)
         runner = await start_site(server.app(), host, port, tls)
+        stopping = asyncio.Event()
+        preempting = asyncio.get_running_loop().create_task(
+            Preemptor(view, server.judged, binder.client, ready=ready).run(stopping))
 
         async def stop() -> None:
+            stopping.set()
+            await preempting
             await runner.cleanup()
             await binder.close()
 
@@ -65,14 +77,15 @@ def extender_sidecar(host: str, port: int, tls: ServingTLS | None, kubeconfig: s
 
 def _run(extender_port: int, extender_host: str, tls_cert: str | None, tls_key: str | None,
          tls_client_ca: str | None, tls_client_name: tuple[str, ...], plain_http: bool,
-         max_request_bytes: int, **options: Any) -> None:
+         max_request_bytes: int, scheduler_name: tuple[str, ...], **options: Any) -> None:
     """Run the GPUWorkload controller and, on --extender-port, the scheduler extender."""
     sidecar, collectors = None, []
     if extender_port:
         metrics = ExtenderMetrics()
         tls = tls_from_options(tls_cert, tls_key, tls_client_ca, tls_client_name, plain_http)
         sidecar = extender_sidecar(extender_host, extender_port, tls,
-                                   options.get("kubeconfig"), metrics, max_request_bytes)
+                                   options.get("kubeconfig"), metrics, max_request_bytes,
+                                   scheduler_name)
         collectors.append(_Forward(metrics.registry))
     rebalance = controller_cli.rebalance_config(options)
     controller_cli.run(controller_cli.ControllerOptions(rebalance=rebalance, **options), sidecar,

@@ -72,6 +72,11 @@ def wait_for(condition: Callable[[], bool], *, timeout: float, what: str,
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
 
 
+#: The name of this cluster's kube-scheduler (its one profile): an extender serving it binds the
+#: pods of this scheduler (``--scheduler-name``), as one extending a user's own kube-scheduler does.
+SCHEDULER_NAME = "default-scheduler"
+
+
 def extender_entry(url: str, tls: Mapping[str, str] | None) -> dict[str, Any]:
     """The ``extenders:`` entry of manifests/scheduler-config.yaml, pointed at ``url``.
 

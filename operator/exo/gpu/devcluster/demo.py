@@ -30,7 +30,14 @@ from typing import Any
 
 import yaml
 
-from .cluster import LocalCluster, extender_entry, free_port, scheduler_tls_config, wait_for
+from .cluster import (
+    SCHEDULER_NAME,
+    LocalCluster,
+    extender_entry,
+    free_port,
+    scheduler_tls_config,
+    wait_for,
+)
 from .nodes import create_gpu_node
 
 Say = Callable[[str], None]
@@ -163,13 +170,13 @@ class Demo:
                     "--metrics-port", str(free_port()),
                     "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
                     "--no-leader-elect", "--extender-host", "127.0.0.1",
-                    "--extender-port", str(port), *tls)
+                    "--extender-port", str(port), "--scheduler-name", SCHEDULER_NAME, *tls)
         self.say(f"started {len(fleet['nodes'])} simulated exporters and the controller "
                  f"(logs in {self.workdir})")
         if self.cluster is None or pki is None:
             return
         url = f"https://127.0.0.1:{port}"
-        wait_for(lambda: _http_ok(f"{url}/readyz", str(pki.ca_cert)), timeout=60,
+        wait_for(lambda: _http_ok(f"{url}/readyz", str(pki.ca_cert)), timeout=self.timeout,
                  what="the controller's scheduler extender to be ready")
         self.cluster.restart_scheduler([extender_entry(url, scheduler_tls_config(pki))])
         self.say("kube-scheduler now asks the exo-gpu extender about GPU pods (mutual TLS)")

@@ -64,3 +64,44 @@ def create_gpu_node(api_client: Any, name: str, **options: Any) -> Any:
     if not (node.status and node.status.allocatable):
         node = core.patch_node_status(name, {"status": manifest["status"]})
     return node
+
+
+def publish_device(api_client: Any, node: str, index: int, *, vendor: str = "nvidia",
+                   total: int = 40 * 1024**3, used: int = 0, util: float = 0.0,
+                   temp: float = 45.0) -> str:
+    """Create a GPUDevice with fresh metrics, as the node's exporter would (spec, then status
+    through the status subresource); returns its name."""
+    import time
+    import uuid
+
+    from kubernetes import client
+
+    from exo.gpu.k8s.models import (
+        Condition,
+        DeviceMetrics,
+        GPUDevice,
+        GPUDeviceStatus,
+        to_time,
+    )
+    from exo.gpu.telemetry_protocol import GPUDeviceInfo, GPUMetrics, Vendor
+
+    info = GPUDeviceInfo(device_id="x", vendor=Vendor(vendor), name="Sim GPU 40GB",
+                         memory_total_bytes=total, uuid=f"GPU-{uuid.uuid4()}")
+    obj = GPUDevice.from_info(info, node, index, 100.0)
+    custom = client.CustomObjectsApi(api_client)
+    created = custom.create_cluster_custom_object("gpu.exo.dev", "v1alpha1", "gpudevices",
+                                                  obj.to_api())
+    now = time.time()
+    status = GPUDeviceStatus(
+        metrics=DeviceMetrics.from_sample(GPUMetrics(
+            device_id=obj.name, timestamp=now, memory_used_bytes=used, memory_total_bytes=total,
+            compute_utilization_percent=util, power_watts=100.0, temperature_celsius=temp,
+            clock_rate_mhz=1500)),
+        last_heartbeat_time=to_time(now),
+        conditions=[Condition(type="Ready", status="True", reason="Reporting", message="",
+                              last_transition_time=to_time(now))])
+    custom.patch_cluster_custom_object_status(
+        "gpu.exo.dev", "v1alpha1", "gpudevices", obj.name,
+        {"metadata": {"resourceVersion": created["metadata"]["resourceVersion"]},
+         "status": status.to_api()})
+    return str(obj.name)

@@ -6,13 +6,25 @@ then does the API see anything, in one call: the Binding carries the device anno
 (``gpu.exo.dev/device``, ``gpu.exo.dev/device-uuid``, ``gpu.exo.dev/reserved-memory``) and the
 API server copies a Binding's annotations onto the pod as it sets ``spec.nodeName``, so a pod is
 never bound without its device nor annotated without its node, and the pod's uid is checked as a
-precondition. If the call fails the reservation is released and the error goes back to
-kube-scheduler, which retries the pod.
+precondition.
+
+Bind is exact: a Binding the API server refused is undone (the reservation released, or a
+planned pod's pending hold restored) and the error goes back to kube-scheduler, which retries
+the pod. A failure that may hide an applied Binding (the answer lost: no answer, a timeout, a
+5xx, or 409 because the pod is already bound) is settled by reading the pod back
+(:meth:`Binder.settle`): bound where this bind put it, the reservation is kept and the bind
+reported done; bound elsewhere, what the pod's annotations say is held instead; not bound, it is
+undone. If the pod cannot be read back either, the reservation is kept: holding memory a pod may
+not use never over-commits a device, and the pod's next bind (its own reservation is its to take,
+``filter.own_hold``) or its deletion settles it. Which pods may be bound at all is
+``judged.bind_refusal``'s decision, asked by the server before :meth:`Binder.bind`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +33,7 @@ from exo.gpu.k8s.aioclient import ApiError, AsyncKubeClient
 from exo.gpu.k8s.view import ANNOTATION_LINKS, ClusterView, Reservation
 from exo.gpu.topology import SetScore
 
-from .filter import fit_request
+from .filter import fit_request, own_hold
 from .wire import (
     ANNOTATION_DEVICE,
     ANNOTATION_DEVICE_UUID,
@@ -34,8 +46,17 @@ from .wire import (
 log = logging.getLogger(__name__)
 
 
+#: Attempts and seconds per attempt to read a pod back after a bind whose answer was lost.
+READ_BACK_ATTEMPTS = 3
+READ_BACK_TIMEOUT_S = 2.0
+
+
 class BindError(RuntimeError):
     """A bind that cannot go ahead; the message is returned to kube-scheduler."""
+
+
+class BindRefused(BindError):
+    """A bind of a pod exo-gpu must not bind (``judged.bind_refusal``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +91,7 @@ def reserve(view: ClusterView, pod: PodRequest, node: str, now: float) -> Decisi
                 slots = view.node_slots(node)
                 return Decision(held, tuple(_uuid(slots.get(d), d) for d in held.devices))
             view.release(pod.uid)
-        choice = view.state.choose(node, request, now)
+        choice = view.state.choose(node, request, now, without=own_hold(view, pod))
         if len(choice.devices) < request.devices:
             reasons = "; ".join(r.describe() for r in choice.rejections[:3]) or "no devices"
             raise BindError(f"no eligible GPU left on {node} for {pod.key}: {reasons}")
@@ -82,6 +103,13 @@ def reserve(view: ClusterView, pod: PodRequest, node: str, now: float) -> Decisi
         view.commit(reservation)
         return Decision(reservation, tuple(_uuid(slot, slot.name) for slot in chosen),
                         choice.links)
+
+
+def maybe_applied(error: ApiError) -> bool:
+    """Whether a failed Binding may have been applied all the same: no answer (0), the server's
+    trouble (5xx), or 409 (the pod is already bound, perhaps by this very bind's lost answer).
+    Other refusals (403, 404, 422, 429) are final."""
+    return error.status == 0 or error.status >= 500 or error.status == 409
 
 
 def _uuid(slot: Any, fallback: str) -> str:
@@ -102,11 +130,13 @@ class Binder:
         extender restarted between filter and bind) the pod is read from the API first.
         """
         if pod is None or pod.uid != args.pod_uid:
-            pod = await self._read(args)
+            pod = await self.read(args)
         before = self.view.reservations.get(pod.uid)
         decision = reserve(self.view, pod, args.node, now)
         path = (f"/api/v1/namespaces/{quote(args.pod_namespace, safe='')}/pods/"
                 f"{quote(args.pod_name, safe='')}/binding")
+        # Cancelled mid-call, the Binding may or may not be applied: the reservation stays (see
+        # the module docstring) and the pod's next bind or its deletion settles it.
         try:
             await self.client.request("POST", path, {
                 "apiVersion": "v1", "kind": "Binding",
@@ -114,11 +144,10 @@ class Binder:
                              "uid": args.pod_uid, "annotations": decision.annotations()},
                 "target": {"apiVersion": "v1", "kind": "Node", "name": args.node}})
         except ApiError as error:
-            self._undo(pod.uid, before)
-            raise BindError(f"binding {pod.key} to {args.node}: {error}") from None
-        except BaseException:
-            self._undo(pod.uid, before)
-            raise
+            if not maybe_applied(error):
+                self._undo(pod.uid, before)
+                raise BindError(f"binding {pod.key} to {args.node}: {error}") from None
+            return await self.settle(args, pod, decision, before, error)
         log.info("bound %s to %s on %s (%d bytes reserved per device)", pod.key,
                  ",".join(decision.reservation.devices), args.node,
                  decision.reservation.bytes_per_device)
@@ -133,11 +162,58 @@ class Binder:
             else:
                 self.view.release(uid)
 
-    async def _read(self, args: BindArgs) -> PodRequest:
+    async def settle(self, args: BindArgs, pod: PodRequest, decision: Decision,
+                     before: Reservation | None, error: ApiError) -> Decision:
+        """After a Binding whose answer was lost: read the pod back and keep what is true."""
+        failed = f"binding {pod.key} to {args.node}: {error}"
+        try:
+            body = await self._get_pod(args, READ_BACK_ATTEMPTS)
+        except ApiError as read_error:
+            if read_error.status == 404:
+                self._undo(pod.uid, before)
+                raise BindError(f"{failed}; the pod is gone") from None
+            log.warning("%s; reading it back failed (%s): its reservation is kept until the pod "
+                        "is bound again or gone", failed, read_error)
+            raise BindError(f"{failed}; reading it back failed ({read_error}): the reservation "
+                            "is kept until the pod is bound again or gone") from None
+        metadata = body.get("metadata") or {}
+        node = (body.get("spec") or {}).get("nodeName")
+        devices = (metadata.get("annotations") or {}).get(ANNOTATION_DEVICE)
+        if metadata.get("uid") == pod.uid and node == args.node and \
+                devices == ",".join(decision.reservation.devices):
+            log.warning("binding %s to %s: the answer was lost (%s) but the API server applied "
+                        "it; reservation kept", pod.key, args.node, error)
+            return decision
+        with self.view.lock:
+            self._undo(pod.uid, before)
+            if node and metadata.get("uid") == pod.uid:
+                self.view.apply_pod(body)  # bound by another bind: hold what the pod says
+        where = f"; the pod is bound to {node}" if node else "; the pod is not bound"
+        raise BindError(failed + where)
+
+    async def _get_pod(self, args: BindArgs, attempts: int = 1) -> Mapping[str, Any]:
         path = (f"/api/v1/namespaces/{quote(args.pod_namespace, safe='')}/pods/"
                 f"{quote(args.pod_name, safe='')}")
+        for attempt in range(attempts):
+            try:
+                body = await asyncio.wait_for(self.client.request("GET", path),
+                                              READ_BACK_TIMEOUT_S)
+                return dict(body)
+            except TimeoutError:
+                error = ApiError(0, "Timeout", f"GET {path}: no answer within "
+                                               f"{READ_BACK_TIMEOUT_S} s")
+            except ApiError as failure:
+                if not failure.retriable:
+                    raise
+                error = failure
+            if attempt + 1 < attempts:
+                await asyncio.sleep(0.1 * 3**attempt)
+        raise error
+
+    async def read(self, args: BindArgs) -> PodRequest:
+        """The pod named by a bind request, read from the API (its uid checked)."""
         try:
-            body = await self.client.request("GET", path)
+            body = await self._get_pod(args)
         except ApiError as error:
             raise BindError(f"reading pod {args.pod_namespace}/{args.pod_name}: {error}"
                             ) from None

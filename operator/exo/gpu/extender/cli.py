@@ -7,6 +7,7 @@ running the extender apart (and for tests of the extender alone).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -19,13 +20,15 @@ from exo.gpu.k8s.cli import domain_keys, domain_options
 from exo.gpu.policy import DEFAULT_POLICY, SelectionPolicy
 from exo.gpu.topology import DEFAULT_DOMAIN_KEYS, DomainKeys
 
+from .judged import SCHEDULER_NAME
 from .server import MAX_BODY_BYTES, ServingTLS, serving_tls
 
 
 async def serve(kubeconfig: str | None, host: str, port: int, tls: ServingTLS | None,
                 stop: asyncio.Event | None = None, max_body_bytes: int = MAX_BODY_BYTES,
                 reporting_interval: float = DEFAULT_POLICY.reporting_interval_seconds,
-                domain_keys: DomainKeys = DEFAULT_DOMAIN_KEYS) -> None:
+                domain_keys: DomainKeys = DEFAULT_DOMAIN_KEYS,
+                scheduler_names: tuple[str, ...] = (SCHEDULER_NAME,)) -> None:
     """Serve the extender until ``stop``; ``tls`` None is plain HTTP (asked for by name)."""
     from kubernetes import client, config
 
@@ -33,6 +36,7 @@ async def serve(kubeconfig: str | None, host: str, port: int, tls: ServingTLS | 
     from exo.gpu.k8s.view import ClusterView
 
     from .bind import Binder
+    from .preemptor import Preemptor
     from .server import ExtenderServer, start_site
 
     configuration = client.Configuration()
@@ -46,12 +50,14 @@ async def serve(kubeconfig: str | None, host: str, port: int, tls: ServingTLS | 
     informer = Informer(view, api).start()
     binder = Binder(view, bind_client(kubeconfig))
     server = ExtenderServer(view, binder, ready=informer.synced.is_set,
-                            max_body_bytes=max_body_bytes)
+                            max_body_bytes=max_body_bytes, scheduler_names=scheduler_names)
     runner = await start_site(server.app(), host, port, tls)
+    stop = stop or asyncio.Event()
+    preempting = asyncio.get_running_loop().create_task(
+        Preemptor(view, server.judged, binder.client, ready=informer.synced.is_set).run(stop))
     logging.getLogger(__name__).info("extender serving %s on %s:%d",
                                      "mutual TLS" if tls else "plain HTTP", host, port)
     freezer = asyncio.get_running_loop().create_task(_freeze_after_sync(informer))
-    stop = stop or asyncio.Event()
     if threading.current_thread() is threading.main_thread():
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -60,6 +66,9 @@ async def serve(kubeconfig: str | None, host: str, port: int, tls: ServingTLS | 
         await stop.wait()
     finally:
         freezer.cancel()
+        preempting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await preempting
         informer.stop()
         await runner.cleanup()
         await binder.close()
@@ -100,6 +109,11 @@ _TLS_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--max-request-bytes",), {
         "type": click.IntRange(min=1024), "default": MAX_BODY_BYTES, "show_default": True,
         "help": "Largest extender request body; larger ones are answered 413."}),
+    (("--scheduler-name",), {
+        "multiple": True, "default": (SCHEDULER_NAME,), "show_default": True,
+        "help": "spec.schedulerName of the pods the extender binds (repeatable); a bind of "
+                "any other pod is refused. With your own kube-scheduler extended, its name "
+                "(default-scheduler)."}),
 ]
 
 
@@ -143,8 +157,8 @@ def tls_from_options(tls_cert: str | None, tls_key: str | None, tls_client_ca: s
 @click.option("--log-level", default="INFO", show_default=True)
 def command(kubeconfig: str | None, host: str, port: int, tls_cert: str | None,
             tls_key: str | None, tls_client_ca: str | None, tls_client_name: tuple[str, ...],
-            plain_http: bool, max_request_bytes: int, reporting_interval: float,
-            rack_label: str, block_label: str,
+            plain_http: bool, max_request_bytes: int, scheduler_name: tuple[str, ...],
+            reporting_interval: float, rack_label: str, block_label: str,
             log_level: str) -> None:
     """Serve kube-scheduler's extender verbs (filter, prioritize, bind) for GPU pods."""
     tls = tls_from_options(tls_cert, tls_key, tls_client_ca, tls_client_name, plain_http)
@@ -152,4 +166,5 @@ def command(kubeconfig: str | None, host: str, port: int, tls_cert: str | None,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(serve(kubeconfig, host, port, tls, max_body_bytes=max_request_bytes,
                       reporting_interval=reporting_interval,
-                      domain_keys=domain_keys(rack_label, block_label)))
+                      domain_keys=domain_keys(rack_label, block_label),
+                      scheduler_names=scheduler_name))

@@ -13,9 +13,15 @@ On a node whose devices report links, a pod of several GPUs is judged by the set
 good sets (``exo.gpu.topology``). A pod's ``gpu.exo.dev/device-affinity`` requires devices
 (refused ones say ``SelectorMismatch``) and prefers others.
 
-Nodes fail with a reason a user can act on. Reasons that preemption cannot cure (no devices,
-vendor, health, temperature, staleness, a device too small whatever happens) go to
-``FailedAndUnresolvableNodes``; memory held by others goes to ``FailedNodes``.
+
+Nodes fail with a reason a user can act on. The outcome keeps apart the nodes where only memory
+held by others stands in the way (``failed``: evicting its holders could make room) from those
+where nothing would help (no devices, vendor, health, temperature, staleness, a device too small
+whatever happens). kube-scheduler's own preemption cannot find GPU victims, so the server answers
+both as ``FailedAndUnresolvableNodes`` and exo-gpu's preemption starts from ``failed``
+(``extender.judged``, ``extender.preemptor``).
+
+A pod's own pending hold (:func:`own_hold`) is the pod's to take.
 """
 
 from __future__ import annotations
@@ -53,10 +59,21 @@ def fit_request(pod: PodRequest) -> FitRequest:
     )
 
 
-def judge_node(view: ClusterView, request: FitRequest, node: str, now: float) -> NodeVerdict:
-    """The devices the request would get on ``node``, or why not (the core's ``choose`` with
-    the node's links)."""
-    return view.state.choose(node, request, now)
+def judge_node(view: ClusterView, request: FitRequest, node: str, now: float,
+               own: tuple[str, ...] | None = None) -> NodeVerdict:
+    """The devices the request would get on ``node`` (best score first, ties by name), or why
+    not (the core's ``choose`` with the node's links); ``own``: :func:`own_hold`."""
+    return view.state.choose(node, request, now, without=own)
+
+
+def own_hold(view: ClusterView, pod: PodRequest) -> tuple[str, ...] | None:
+    """``(uid,)`` when the ledger already holds memory for this pending pod (a preemption hold,
+    or a reservation kept after a bind whose answer was lost): that memory is the pod's own, so
+    it is judged without it. None otherwise (the fast path), and for a workload's pod, whose
+    request already leaves out what its workload holds."""
+    if not pod.uid or pod.workload or pod.uid not in view.reservations:
+        return None
+    return (pod.uid,)
 
 
 @dataclass(slots=True)
@@ -77,13 +94,16 @@ def filter_nodes(view: ClusterView, pod: PodRequest, node_names: Iterable[str], 
     known = state.nodes
     policy = state.policy
     linked = state.linked_nodes
+    own = own_hold(view, pod)
     passed, verdicts = outcome.passed, outcome.verdicts
     for node in node_names:
         devices = known.get(node)
         if not devices:
             outcome.unresolvable[node] = NO_DEVICES
             continue
-        if node in linked:  # every device judged there: the state keeps recent answers
+        if own is not None:
+            verdict = judge_node(view, request, node, now, own)
+        elif node in linked:  # every device judged there: the state keeps recent answers
             verdict = state.choose(node, request, now)
         else:
             verdict = choose(devices, request, now, policy)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from exo.gpu.fit import choice_priority, choose
 from exo.gpu.k8s.view import ClusterView, workload_key
 
-from .filter import NodeVerdict, fit_request
+from .filter import NodeVerdict, fit_request, judge_node, own_hold
 from .wire import PodRequest
 
 
@@ -30,12 +30,17 @@ def prioritize_nodes(view: ClusterView, pod: PodRequest, node_names: Iterable[st
     level = pod.pack_within
     domains = state.workload_domains(workload_key(pod.namespace, pod.workload), level) \
         if level is not None and pod.workload else set()
+    own = own_hold(view, pod)
     scores: dict[str, int] = {}
     for node in node_names:
         verdict = known.get(node) if known is not None else None
         if verdict is None:
-            verdict = state.choose(node, request, now) if node in linked else \
-                choose(known_nodes.get(node, ()), request, now, policy)
+            if own is not None:
+                verdict = judge_node(view, request, node, now, own)
+            elif node in linked:
+                verdict = state.choose(node, request, now)
+            else:
+                verdict = choose(known_nodes.get(node, ()), request, now, policy)
         in_domain = state.domain_of(node, level) in domains if domains and level else None
         scores[node] = choice_priority(verdict, request, in_domain)
     return scores

@@ -22,7 +22,7 @@ import logging
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from exo.gpu.k8s.view import ClusterView
 
-from .bind import Binder, BindError
+from .bind import Binder, BindError, BindRefused
 from .filter import NodeVerdict, filter_nodes
+from .judged import SCHEDULER_NAME, Judged, bind_refusal
 from .metrics import ExtenderMetrics
 from .preempt import preempt_nodes
 from .prioritize import prioritize_nodes
@@ -91,9 +92,12 @@ class ExtenderServer:
                  metrics: ExtenderMetrics | None = None,
                  ready: Callable[[], bool] = lambda: True,
                  clock: Callable[[], float] = time.time,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES,
+                 scheduler_names: Collection[str] = (SCHEDULER_NAME,)) -> None:
         if max_body_bytes < 1:
             raise ValueError(f"max_body_bytes: must be positive, got {max_body_bytes}")
+        if not scheduler_names:
+            raise ValueError("scheduler_names: name at least one scheduler")
         self.view = view
         self.binder = binder
         self.metrics = metrics or ExtenderMetrics()
@@ -105,6 +109,10 @@ class ExtenderServer:
         #: nothing changed).
         self._filtered: OrderedDict[str, tuple[PodRequest, int, dict[str, NodeVerdict]]] = \
             OrderedDict()
+        #: The schedulers whose pods ``/bind`` binds (``--scheduler-name``).
+        self.scheduler_names = frozenset(scheduler_names)
+        #: What the filter judged, per pod (``/bind`` admission, preemption).
+        self.judged = Judged()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes)
@@ -149,6 +157,8 @@ class ExtenderServer:
         except WireError as error:
             response = self._failed(verb, "bad_request", error_reply,
                                     f"exo-gpu: bad {verb} request: {error}", 400)
+        except BindRefused as error:
+            response = self._failed(verb, "refused", error_reply, f"exo-gpu: {error}", 403)
         except BindError as error:
             response = self._failed(verb, "bind", error_reply, f"exo-gpu: {error}", 500)
         except Exception as error:  # never let one request take the server down
@@ -202,10 +212,15 @@ class ExtenderServer:
         with self.view.lock:
             outcome = filter_nodes(self.view, args.pod, args.node_names, self.clock())
             self._remember(args.pod, outcome.verdicts)
+        self.judged.remember(args.pod, outcome.passed, outcome.failed)
         self.metrics.nodes.labels("passed").inc(len(outcome.passed))
         self.metrics.nodes.labels("failed").inc(len(outcome.failed))
         self.metrics.nodes.labels("unresolvable").inc(len(outcome.unresolvable))
-        return _json(filter_result(args, outcome.passed, outcome.failed, outcome.unresolvable))
+        # kube-scheduler's preemption cannot see GPU memory (docs/extender.md, "Preempt"): every
+        # GPU failure is unresolvable to it, and exo-gpu's own preemption starts from `failed`.
+        unresolvable = {**outcome.failed, **outcome.unresolvable} if outcome.failed else \
+            outcome.unresolvable
+        return _json(filter_result(args, outcome.passed, {}, unresolvable))
 
     async def _prioritize(self, body: Any) -> web.Response:
         args = parse_filter_args(body)
@@ -218,7 +233,13 @@ class ExtenderServer:
         args = parse_bind_args(body)
         if self.binder is None:
             raise BindError("this extender was started without API access: cannot bind")
-        await self.binder.bind(args, self.clock(), self._filtered_pod(args.pod_uid))
+        judgement = self.judged.get(args.pod_uid)
+        pod = judgement.pod if judgement is not None else await self.binder.read(args)
+        refusal = bind_refusal(pod, self.scheduler_names, judgement is not None)
+        if refusal is not None:
+            raise BindRefused(refusal)
+        await self.binder.bind(args, self.clock(), pod)
+        self.judged.forget(args.pod_uid)  # bound: a second bind of it is refused
         self.metrics.binds.labels("bound").inc()
         return _json(binding_result())
 
@@ -256,10 +277,6 @@ class ExtenderServer:
         if entry is None or entry[1] != self.view.generation:
             return None  # something changed since the filter: judge again
         return entry[2]
-
-    def _filtered_pod(self, uid: str) -> PodRequest | None:
-        entry = self._filtered.get(uid)
-        return entry[0] if entry is not None else None
 
 
 class ServingTLS:

@@ -37,6 +37,7 @@ __all__ = [
     "ANNOTATION_DEVICE",
     "ANNOTATION_DEVICE_UUID",
     "ANNOTATION_RESERVED",
+    "DEFAULT_SCHEDULER",
     "GPU_RESOURCE",
     "BindArgs",
     "FilterArgs",
@@ -56,7 +57,9 @@ __all__ = [
 #: is a broken or hostile client, refused before any work is done.
 MAX_NODES_PER_REQUEST = 50_000
 _VENDORS = tuple(v.value for v in Vendor)
-
+#: What the API server puts in ``spec.schedulerName`` when a pod names none.
+DEFAULT_SCHEDULER = "default-scheduler"
+_PREEMPTION_POLICIES = ("PreemptLowerPriority", "Never")
 
 
 class WireError(ValueError):
@@ -93,6 +96,12 @@ class PodRequest:
     affinity: DeviceAffinity | None = None
     #: ``gpu.exo.dev/pack-within``: the level whose domain the pod's workload uses.
     pack_within: DomainLevel | None = None
+    #: ``spec.schedulerName`` (the API server's default when absent).
+    scheduler_name: str = DEFAULT_SCHEDULER
+    #: ``spec.priority``, resolved by the API server from the pod's PriorityClass (0 without).
+    priority: int = 0
+    #: ``spec.preemptionPolicy``: False for ``Never`` (the pod never evicts others).
+    preempts: bool = True
 
     @property
     def key(self) -> str:
@@ -190,6 +199,11 @@ def parse_pod(value: Any, field: str = "Pod") -> PodRequest:
         node_name=spec.get("nodeName") or None,
         affinity=affinity,
         pack_within=pack_within,
+        scheduler_name=_string(spec.get("schedulerName") or DEFAULT_SCHEDULER,
+                               f"{field}.spec.schedulerName"),
+        priority=_priority(spec.get("priority"), f"{field}.spec.priority"),
+        preempts=_preemption_policy(spec.get("preemptionPolicy"),
+                                    f"{field}.spec.preemptionPolicy"),
     )
 
 
@@ -208,6 +222,24 @@ def _affinity(text: Any, field: str) -> DeviceAffinity | None:
         where = "".join(f".{part}" if isinstance(part, str) else f"[{part}]"
                         for part in first.get("loc", ()))
         raise WireError(f"{field}{where}", str(first.get("msg", "invalid"))) from None
+
+
+def _priority(value: Any, field: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not \
+            -(2**31) <= value < 2**31:
+        raise WireError(field, f"must be a 32-bit integer, got {value!r}")
+    return value
+
+
+def _preemption_policy(value: Any, field: str) -> bool:
+    if value is None:
+        return True
+    if value not in _PREEMPTION_POLICIES:
+        raise WireError(field, f"must be one of {', '.join(_PREEMPTION_POLICIES)}, got "
+                               f"{value!r}")
+    return bool(value == "PreemptLowerPriority")
 
 
 def parse_filter_args(body: Any) -> FilterArgs:

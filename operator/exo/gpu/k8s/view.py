@@ -11,8 +11,10 @@ handlers) and turns them into the core's terms, in ``exo.gpu.cluster.ClusterStat
   (``gpu.exo.dev/workload``) planned on a device (``gpu.exo.dev/device``) and not bound yet holds
   what it asks there (``gpu.exo.dev/min-memory``, or the whole device), so the planned memory is
   held even for an extender that never saw the plan (a restart, or ``exo-gpu extender`` on its
-  own). Pods that end or are being deleted release what they held. The source of truth is the
-  API: a fresh view rebuilds the ledger from a pod listing;
+  own). Pods that end, and unbound pods being deleted, release what they held; a bound pod being
+  deleted keeps its reservation until it ends or is gone (it may still use the device during its
+  grace period). The source of truth is the API: a fresh view rebuilds the ledger from a pod
+  listing;
 - the controller adds the holds of its plans (``set_plan_holds``) under the same lock as the
   planning, and the extender commits a bind's reservation under it together with the device
   choice, so two pods, or two plans, or a plan and a pod, can never be given the same memory;
@@ -219,16 +221,20 @@ class ClusterView:
     # ------------------------------------------------------------------ pods and the ledger
     def apply_pod(self, pod: Mapping[str, Any]) -> None:
         """Track a pod: a bound pod holding a device keeps its reservation, a workload's pod
-        planned on a device holds what it asks there, a pod that ended or is being deleted
-        releases what it held."""
+        planned on a device holds what it asks there, a pod that ended (or was deleted before it
+        was bound) releases what it held; a bound pod being deleted keeps holding until it ends
+        or is gone."""
         metadata = pod.get("metadata") or {}
         uid = metadata.get("uid")
         if not uid:
             return
         status = pod.get("status") or {}
+        node = (pod.get("spec") or {}).get("nodeName")
+        # A bound pod being deleted still runs (its grace period) and may still use its device:
+        # it keeps its reservation until it ends or is gone. An unbound one never ran.
         finished = (
             status.get("phase") in ("Succeeded", "Failed")
-            or metadata.get("deletionTimestamp") is not None
+            or (metadata.get("deletionTimestamp") is not None and not node)
         )
         if finished:
             self.release(uid)
@@ -241,7 +247,6 @@ class ClusterView:
         key = f"{namespace}/{metadata.get('name')}"
         workload = annotations.get(ANNOTATION_WORKLOAD)
         owner = workload_key(namespace, workload) if workload else None
-        node = (pod.get("spec") or {}).get("nodeName")
         reserved = annotations.get(ANNOTATION_RESERVED)
         with self.lock:
             held = self.state.ledger.pods.get(uid)
