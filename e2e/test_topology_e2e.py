@@ -25,7 +25,12 @@ from exo.gpu.app import extender_sidecar
 from exo.gpu.controller.controller import ControllerConfig
 from exo.gpu.controller.runner import LeaderSettings, run_operator
 from exo.gpu.devcluster import LocalCluster, wait_for
-from exo.gpu.devcluster.cluster import extender_entry, free_port, scheduler_tls_config
+from exo.gpu.devcluster.cluster import (
+    SCHEDULER_NAME,
+    extender_entry,
+    free_port,
+    scheduler_tls_config,
+)
 from exo.gpu.devcluster.pki import ExtenderPki
 from exo.gpu.exporter.agent import AgentConfig, DeviceAgent, WritePolicy
 from exo.gpu.exporter.backends import GuardedBackend
@@ -81,7 +86,8 @@ class Stack:
         tls = ServingTLS(str(self.pki.server_cert), str(self.pki.server_key),
                          str(self.pki.ca_cert))
         start = extender_sidecar("127.0.0.1", self.port, tls, self.cluster.kubeconfig,
-                                 ExtenderMetrics(), MAX_BODY_BYTES)
+                                 ExtenderMetrics(), MAX_BODY_BYTES,
+                                 scheduler_names=(SCHEDULER_NAME,))
         stop_extender = await start(self.view, api, informer.synced.is_set)
         self.serving.set()
         try:
