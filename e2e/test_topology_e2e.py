@@ -21,26 +21,18 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from exo.gpu.app import extender_sidecar
-from exo.gpu.controller.controller import ControllerConfig
-from exo.gpu.controller.runner import LeaderSettings, run_operator
 from exo.gpu.devcluster import LocalCluster, wait_for
 from exo.gpu.devcluster.cluster import (
-    SCHEDULER_NAME,
     extender_entry,
-    free_port,
     scheduler_tls_config,
 )
-from exo.gpu.devcluster.pki import ExtenderPki
+from exo.gpu.devcluster.composed import ControllerWithExtender
 from exo.gpu.exporter.agent import AgentConfig, DeviceAgent, WritePolicy
 from exo.gpu.exporter.backends import GuardedBackend
 from exo.gpu.exporter.backends.simulated import SimulatedBackend
 from exo.gpu.exporter.fleet import parse_fleet
 from exo.gpu.exporter.kubeapi import GPUDeviceAPI, KubeConfig
 from exo.gpu.exporter.metrics import ExporterMetrics
-from exo.gpu.extender.metrics import ExtenderMetrics
-from exo.gpu.extender.server import MAX_BODY_BYTES, ServingTLS
-from exo.gpu.k8s.informer import Informer
 from exo.gpu.k8s.view import ClusterView
 from exo.gpu.selector import SelectionPolicy
 
@@ -53,57 +45,6 @@ RACK = "topology.exo.dev/rack"
 POLICY = SelectionPolicy(reporting_interval_seconds=5.0)
 WRITES = WritePolicy(min_interval_s=1.0, heartbeat_s=2.0)
 TEMPLATE = {"spec": {"containers": [{"name": "main", "image": "busybox"}]}}
-
-
-class Stack:
-    """The controller (this test's namespace) and the extender over one view, in a thread; the
-    extender serves mutual TLS, as installed."""
-
-    def __init__(self, cluster: LocalCluster, namespace: str, pki: ExtenderPki) -> None:
-        self.cluster, self.namespace, self.pki = cluster, namespace, pki
-        self.view = ClusterView(policy=POLICY)
-        self.port = free_port()
-        self.stop = threading.Event()
-        self.serving = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        wait_for(self.serving.is_set, timeout=60, what="the controller and its extender")
-        if self.error is not None:
-            raise self.error
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as error:  # surfaced by close()
-            self.error = error
-            self.serving.set()
-
-    async def _main(self) -> None:
-        api = self.cluster.api_client()
-        informer = Informer(self.view, api).start()
-        await asyncio.to_thread(informer.wait_synced, 60.0)
-        tls = ServingTLS(str(self.pki.server_cert), str(self.pki.server_key),
-                         str(self.pki.ca_cert))
-        start = extender_sidecar("127.0.0.1", self.port, tls, self.cluster.kubeconfig,
-                                 ExtenderMetrics(), MAX_BODY_BYTES,
-                                 scheduler_names=(SCHEDULER_NAME,))
-        stop_extender = await start(self.view, api, informer.synced.is_set)
-        self.serving.set()
-        try:
-            await run_operator(
-                self.view, api_client=api, namespaces=[self.namespace], stop_flag=self.stop,
-                informer=False, leader=LeaderSettings(enabled=False),
-                config=ControllerConfig(resync_interval=1.0, health_interval=1.0))
-        finally:
-            informer.stop()
-            await stop_extender()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "the controller did not stop"
-        assert self.error is None, self.error
 
 
 class Exporters:
@@ -151,11 +92,10 @@ class Exporters:
 
 
 @pytest.fixture
-def stack(kube_cluster: LocalCluster, namespace: str) -> Iterator[Stack]:
-    pki = kube_cluster.extender_pki()
-    running = Stack(kube_cluster, namespace, pki)
-    kube_cluster.restart_scheduler([extender_entry(f"https://127.0.0.1:{running.port}",
-                                                   scheduler_tls_config(pki))])
+def stack(kube_cluster: LocalCluster, namespace: str) -> Iterator[ControllerWithExtender]:
+    running = ControllerWithExtender(kube_cluster, namespace, POLICY)
+    kube_cluster.restart_scheduler([extender_entry(
+        running.url, scheduler_tls_config(kube_cluster.extender_pki()))])
     try:
         yield running
     finally:
@@ -219,7 +159,7 @@ def bound_device(core: Any, namespace: str, name: str) -> list[str]:
 
 
 def test_a_two_gpu_pod_on_a_node_with_a_free_nvlink_pair_gets_that_pair(
-        kube_cluster: LocalCluster, namespace: str, gpu_nodes: Any, stack: Stack,
+        kube_cluster: LocalCluster, namespace: str, gpu_nodes: Any, stack: ControllerWithExtender,
         fleet: Callable[[dict[str, Any]], Exporters]) -> None:
     node = gpu_nodes("pair", gpus=4).metadata.name
     # 0 and 1 are idle but on two NUMA nodes (PCIe System); 2 and 3 are busier, NVLinked.
@@ -241,7 +181,7 @@ def test_a_two_gpu_pod_on_a_node_with_a_free_nvlink_pair_gets_that_pair(
 
 
 def test_four_one_gpu_pods_on_an_eight_gpu_nvlink_node_leave_two_whole_pairs(
-        kube_cluster: LocalCluster, namespace: str, gpu_nodes: Any, stack: Stack,
+        kube_cluster: LocalCluster, namespace: str, gpu_nodes: Any, stack: ControllerWithExtender,
         fleet: Callable[[dict[str, Any]], Exporters]) -> None:
     node = gpu_nodes("nv8", gpus=8).metadata.name
     # Partners are busier: by score alone the four pods would take 0, 2, 4, 6 and break all.
@@ -260,7 +200,7 @@ def test_four_one_gpu_pods_on_an_eight_gpu_nvlink_node_leave_two_whole_pairs(
 
 
 def test_an_eight_task_workload_packed_within_a_rack_lands_in_one_rack_while_another_is_emptier(
-        kube_cluster: LocalCluster, namespace: str, gpu_nodes: Any, stack: Stack,
+        kube_cluster: LocalCluster, namespace: str, gpu_nodes: Any, stack: ControllerWithExtender,
         fleet: Callable[[dict[str, Any]], Exporters]) -> None:
     racks = {"a1": ("rack-a", 8), "a2": ("rack-a", 8), "b1": ("rack-b", 8), "b2": ("rack-b", 2)}
     nodes = {short: gpu_nodes(short, gpus=count, labels={RACK: rack}).metadata.name
@@ -309,7 +249,7 @@ def wait_workload(custom: Any, namespace: str, name: str, *phases: str) -> dict[
 
 
 def test_required_affinity_that_nothing_satisfies_is_unschedulable_with_the_reason(
-        kube_cluster: LocalCluster, namespace: str, gpu_nodes: Any, stack: Stack,
+        kube_cluster: LocalCluster, namespace: str, gpu_nodes: Any, stack: ControllerWithExtender,
         fleet: Callable[[dict[str, Any]], Exporters]) -> None:
     node = gpu_nodes("aff", gpus=2).metadata.name
     fleet({"nodes": [{"name": node, "devices": gpus(2, model="NVIDIA H100 80GB HBM3")}]})
@@ -341,7 +281,7 @@ def test_required_affinity_that_nothing_satisfies_is_unschedulable_with_the_reas
 
 
 def test_devices_per_task_above_the_largest_node_is_unschedulable_naming_the_field(
-        kube_cluster: LocalCluster, namespace: str, gpu_nodes: Any, stack: Stack,
+        kube_cluster: LocalCluster, namespace: str, gpu_nodes: Any, stack: ControllerWithExtender,
         fleet: Callable[[dict[str, Any]], Exporters]) -> None:
     node = gpu_nodes("big", gpus=8).metadata.name
     fleet({"nodes": [{"name": node, "devices": gpus(8), "links": nvlink_pairs(8)}]})

@@ -8,7 +8,6 @@ configured with the extender. GPUDevices come from the simulated exporters of
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,20 +29,12 @@ from test_controller_integration import (
     wait_phase,
 )
 
-from exo.gpu.app import extender_sidecar
-from exo.gpu.controller.controller import Controller, ControllerConfig
-from exo.gpu.controller.runner import LeaderSettings, run_operator
 from exo.gpu.devcluster import LocalCluster, wait_for
 from exo.gpu.devcluster.cluster import (
-    SCHEDULER_NAME,
     extender_entry,
-    free_port,
     scheduler_tls_config,
 )
-from exo.gpu.extender.metrics import ExtenderMetrics
-from exo.gpu.extender.server import MAX_BODY_BYTES, ServingTLS
-from exo.gpu.k8s.informer import Informer
-from exo.gpu.k8s.view import ClusterView
+from exo.gpu.devcluster.composed import ControllerWithExtender
 
 __all__ = ["exporters", "run_id"]  # fixtures shared with the controller's integration tests
 
@@ -52,62 +43,9 @@ pytestmark = pytest.mark.cluster
 GIB = 1024**3
 
 
-class Composed:
-    """The controller and the extender over one view, on a thread of the test process."""
-
-    def __init__(self, cluster: LocalCluster, namespace: str) -> None:
-        self.cluster, self.namespace = cluster, namespace
-        self.view = ClusterView(policy=POLICY)
-        self.port = free_port()
-        self.controllers: list[Controller] = []
-        self.stop = threading.Event()
-        self.serving = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        wait_for(self.serving.is_set, timeout=60, what="the controller and its extender")
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as error:  # surfaced by close()
-            self.error = error
-            self.serving.set()
-
-    async def _main(self) -> None:
-        api = self.cluster.api_client()
-        informer = Informer(self.view, api).start()
-        await asyncio.to_thread(informer.wait_synced, 60.0)
-        pki = self.cluster.extender_pki()
-        tls = ServingTLS(str(pki.server_cert), str(pki.server_key), str(pki.ca_cert))
-        start = extender_sidecar("127.0.0.1", self.port, tls, self.cluster.kubeconfig,
-                                 ExtenderMetrics(), MAX_BODY_BYTES, (SCHEDULER_NAME,))
-        stop_extender = await start(self.view, api, informer.synced.is_set)
-        self.serving.set()
-        try:
-            await run_operator(
-                self.view, api_client=api, namespaces=[self.namespace], stop_flag=self.stop,
-                informer=False, leader=LeaderSettings(enabled=False),
-                config=ControllerConfig(resync_interval=1.0, health_interval=1.0),
-                on_controller=self.controllers.append)
-        finally:
-            informer.stop()
-            await stop_extender()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "the controller did not stop"
-        assert self.error is None, self.error
-
-
 @pytest.fixture
-def composed(kube_cluster: LocalCluster, namespace: str) -> Iterator[Composed]:
-    running = Composed(kube_cluster, namespace)
+def composed(kube_cluster: LocalCluster, namespace: str) -> Iterator[ControllerWithExtender]:
+    running = ControllerWithExtender(kube_cluster, namespace, POLICY)
     kube_cluster.restart_scheduler([extender_entry(
         running.url, scheduler_tls_config(kube_cluster.extender_pki()))])
     try:
@@ -152,7 +90,7 @@ def bound(cluster: LocalCluster, namespace: str, name: str) -> list[Any]:
 
 def test_two_workloads_racing_for_the_last_free_memory_of_a_device(
         kube_cluster: LocalCluster, namespace: str, run_id: str, gpu_nodes: Callable[..., Any],
-        exporters: Exporters, composed: Composed) -> None:
+        exporters: Exporters, composed: ControllerWithExtender) -> None:
     """A pod holds 40 GiB of the one device both may use, so 40 GiB are left; each workload
     wants 32 GiB. Exactly one is placed there and runs; the other is Unschedulable with the
     reason, and is placed as soon as the first is deleted."""
@@ -200,7 +138,7 @@ def test_two_workloads_racing_for_the_last_free_memory_of_a_device(
 
 def test_a_whole_device_workload_keeps_other_workloads_off_its_device(
         kube_cluster: LocalCluster, namespace: str, run_id: str, gpu_nodes: Callable[..., Any],
-        exporters: Exporters, composed: Composed) -> None:
+        exporters: Exporters, composed: ControllerWithExtender) -> None:
     """A GPUWorkload without minMemoryBytes takes its device whole at bind. Other workloads
     must not be planned there (their pods used to stay Pending for ever): they go to the device
     left, or are Unschedulable saying why."""
